@@ -1,0 +1,1 @@
+"""BigBird model, tokenizer and fused block-sparse attention kernels."""

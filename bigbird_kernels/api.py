@@ -1,0 +1,138 @@
+"""The public op: :func:`block_sparse_attention`."""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import BACKEND_NAMES, AttentionInputs, select_backend
+from .layout import BigBirdLayout
+
+__all__ = ["block_sparse_attention"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BigBirdLayout,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_lse: bool = False,
+    deterministic: bool = False,
+):
+    """BigBird block-sparse attention.
+
+    For query block ``i`` one softmax runs over the concatenation of the key blocks the layout lists
+    for row ``i``, with multiplicity (a block listed twice counts twice); global query blocks attend
+    to every key once. Equivalently: dense attention with the additive bias ``log(count[h, i, j])``.
+
+    Args:
+        q, k, v: ``(B, H, S, D)``, same shape, dtype (float32, float16, bfloat16; float64 on the
+            reference backend) and device; any strides. ``S`` must equal ``layout.seq_len`` (a
+            multiple of ``layout.block_size``) and ``H`` must equal ``layout.num_heads``.
+        layout: a :class:`~bigbird_kernels.layout.BigBirdLayout` on the same device as ``q``.
+        attention_mask: ``(B, S)`` bool, or integers 0/1, **True/1 = real token** (Hugging Face's
+            convention; the opposite of ``nn.MultiheadAttention``'s ``key_padding_mask``). Padded
+            keys get no weight; output rows of padded queries are exactly 0. None = no padding.
+        scale: multiplies ``q @ k^T``; default ``1 / sqrt(D)``.
+        backend: ``"auto"`` (cuda, then triton, then reference: the first that accepts the inputs;
+            the environment variable ``BIGBIRD_BACKEND`` replaces ``auto``) or a name from
+            ``cuda, triton, reference, sdpa, flex``. A named backend never falls back.
+        return_lse: also return the fp32 log-sum-exp ``(B, H, S)`` of each row's scaled scores
+            (``-inf`` for padded queries).
+        deterministic: ask the backend for bit-reproducible gradients.
+
+    Returns:
+        ``out (B, H, S, D)`` in the input dtype, or ``(out, lse)`` with ``return_lse``.
+
+    Raises:
+        TypeError / ValueError on malformed inputs, naming the problem;
+        :class:`~bigbird_kernels.dispatch.BackendNotSupportedError` when no (or not the named)
+        backend can run them, listing each backend's reason.
+    """
+    attention_mask = _validate(q, k, v, layout, attention_mask, scale, backend)
+    B, H, S, D = q.shape
+    if B == 0:
+        out = q.new_empty(B, H, S, D)
+        return (out, q.new_empty(B, H, S, dtype=torch.float32)) if return_lse else out
+    inputs = AttentionInputs(
+        device=q.device,
+        dtype=q.dtype,
+        batch=B,
+        num_heads=H,
+        seq_len=S,
+        head_dim=D,
+        block_size=layout.block_size,
+        num_random_blocks=layout.num_random_blocks,
+        requires_grad=torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
+        has_mask=attention_mask is not None,
+        deterministic=deterministic,
+    )
+    impl = select_backend(backend, inputs)
+    out, lse = impl.forward(q, k, v, layout, attention_mask, scale, need_lse=return_lse, deterministic=deterministic)
+    return (out, lse) if return_lse else out
+
+
+def _validate(q, k, v, layout, attention_mask, scale, backend):
+    """Check everything the kernel contract promises; return the mask as bool (or None)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, S, D), got {t.dim()} dims: {tuple(t.shape)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating tensor (float32, float16, bfloat16), got {t.dtype}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v must have the same shape (B, H, S, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on the same device, got {q.device}, {k.device}, {v.device}")
+    if not isinstance(layout, BigBirdLayout):
+        raise TypeError(f"layout must be a BigBirdLayout, got {type(layout).__name__}")
+    B, H, S, D = q.shape
+    if D == 0:
+        raise ValueError("head dim D must be positive")
+    if S % layout.block_size:
+        raise ValueError(
+            f"sequence length S={S} is not a multiple of block_size={layout.block_size}: pad the "
+            "sequence (and mask the padding) to a block multiple"
+        )
+    if S != layout.seq_len:
+        raise ValueError(
+            f"layout was built for S={layout.seq_len} ({layout.num_blocks} blocks of {layout.block_size}), "
+            f"but the inputs have S={S}"
+        )
+    if H != layout.num_heads:
+        raise ValueError(f"layout was built for {layout.num_heads} heads, but the inputs have H={H}")
+    if layout.device != q.device:
+        raise ValueError(f"layout is on {layout.device} but the inputs are on {q.device}: use layout.to(device)")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
+    if not isinstance(backend, str) or (backend != "auto" and backend not in BACKEND_NAMES):
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {', '.join(BACKEND_NAMES)}")
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if attention_mask.shape != (B, S):
+        raise ValueError(f"attention_mask must have shape (B, S) = {(B, S)}, got {tuple(attention_mask.shape)}")
+    if attention_mask.device != q.device:
+        raise ValueError(f"attention_mask is on {attention_mask.device} but the inputs are on {q.device}")
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+        raise TypeError(
+            f"attention_mask must be bool or 0/1 integers (True/1 = real token), got {attention_mask.dtype}; "
+            "additive float masks are not accepted"
+        )
+    if attention_mask.device.type == "cpu" and attention_mask.numel():
+        # checked where it costs no device synchronisation
+        lo, hi = int(attention_mask.min()), int(attention_mask.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"integer attention_mask must hold only 0 and 1, found values in [{lo}, {hi}]")
+    return attention_mask != 0

@@ -1,0 +1,1 @@
+"""Attention backends; each module exposes ``BACKEND`` (see :mod:`bigbird_kernels.dispatch`)."""

@@ -1,0 +1,55 @@
+"""The ``sdpa`` baseline: dense ``scaled_dot_product_attention`` with the additive bias ``log(count)``.
+
+Builds a ``(B, H, S, S)`` bias, so it is a baseline for benchmarks and a second oracle, never an
+``auto`` choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def dense_bias(layout, attention_mask, dtype) -> torch.Tensor:
+    """``(B or 1, H, S, S)`` additive bias: ``log(count)`` per block pair, ``-inf`` for padded keys.
+
+    Rows of padded queries get a zero bias so no row is empty (their outputs are zeroed afterwards).
+    """
+    bs = layout.block_size
+    counts = layout.to_dense().to(dtype)  # (H, nb, nb)
+    bias = torch.log(counts).repeat_interleave(bs, 1).repeat_interleave(bs, 2)[None]  # (1, H, S, S)
+    if attention_mask is not None:
+        bias = bias.masked_fill(~attention_mask[:, None, None, :], float("-inf"))  # (B, H, S, S)
+        bias = bias.masked_fill(~attention_mask[:, None, :, None], 0.0)
+    return bias
+
+
+class SdpaBackend:
+    name = "sdpa"
+
+    def not_supported_reasons(self, inputs) -> list[str]:
+        if inputs.dtype not in _DTYPES:
+            return [f"dtype {inputs.dtype} not supported"]
+        return []
+
+    def forward(self, q, k, v, layout, attention_mask, scale, *, need_lse, deterministic):
+        D = q.shape[-1]
+        scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        bias = dense_bias(layout, attention_mask, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        lse = None
+        if need_lse:
+            s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias.float()
+            lse = torch.logsumexp(s, dim=-1)  # (B, H, S)
+        if attention_mask is not None:
+            out = out * attention_mask[:, None, :, None].to(out.dtype)
+            if lse is not None:
+                lse = lse.masked_fill(~attention_mask[:, None, :], float("-inf"))
+        return out, lse
+
+
+BACKEND = SdpaBackend()

@@ -1,0 +1,165 @@
+"""Plain-PyTorch block-sparse attention over a :class:`BigBirdLayout`: the CPU fallback and the test oracle.
+
+Gather-based and vectorised: the key/value blocks listed for a chunk of query blocks are gathered into
+``(B, H, rows, width * block_size, D)`` tensors, one softmax runs over each row's concatenation (a block
+listed twice contributes twice), and global query blocks attend to the whole sequence. Memory is
+linear in ``S``: nothing of size ``S x S`` is built. Differentiable through autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .layout import BigBirdLayout
+
+__all__ = ["block_sparse_attention_ref", "dense_attention_ref"]
+
+# Elements of one chunk's score tensor; bounds peak memory without hurting batched-matmul efficiency.
+_CHUNK_SCORE_ELEMENTS = 1 << 22
+
+
+def _masked_softmax_matmul(s: torch.Tensor, keep: torch.Tensor | None, v: torch.Tensor):
+    """Softmax of ``s`` over its last dim where ``keep`` is True, times ``v``; rows with no key give 0.
+
+    ``s`` (..., M, N) scores in the compute dtype, ``keep`` broadcastable to ``s`` (or None),
+    ``v`` (..., N, D). Returns ``out (..., M, D)`` in ``v.dtype`` and ``lse (..., M)`` with the
+    statistics in at least fp32 (``-inf`` for rows without a key).
+    """
+    stat_dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+    s = s.to(stat_dtype)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    m = s.amax(dim=-1, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    l = p.sum(dim=-1, keepdim=True)
+    has_key = l > 0
+    l_safe = torch.where(has_key, l, torch.ones_like(l))
+    out = torch.matmul((p / l_safe).to(v.dtype), v)
+    lse = torch.where(has_key, m + torch.log(l_safe), torch.full_like(l, float("-inf")))
+    return out, lse.squeeze(-1)
+
+
+def _compute_dtype(dtype: torch.dtype, device: torch.device, upcast: bool | None) -> torch.dtype:
+    if dtype in (torch.float16, torch.bfloat16):
+        # CPU half-precision matmuls are two orders of magnitude slower than fp32: always upcast there
+        if upcast or (upcast is None and device.type == "cpu"):
+            return torch.float32
+    return dtype
+
+
+def block_sparse_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BigBirdLayout,
+    attention_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    *,
+    upcast: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention by gathering the listed key blocks (the kernel contract's oracle).
+
+    Args:
+        q, k, v: ``(B, H, S, D)``, ``S == layout.seq_len``, ``H == layout.num_heads``.
+        layout: the key blocks of each query block.
+        attention_mask: ``(B, S)`` bool, True = real token, or None (no padding).
+        scale: multiplies ``q @ k^T``; default ``1 / sqrt(D)``.
+        upcast: compute fp16/bf16 inputs in fp32 (default: on CPU only). ``False`` keeps the matmuls
+            in the input precision (softmax statistics are fp32 in every case).
+
+    Returns:
+        ``out (B, H, S, D)`` in the dtype of ``q`` (rows of padded queries and rows without any real
+        key are 0) and ``lse (B, H, S)`` fp32 (fp64 for fp64 inputs), the log-sum-exp of each row's
+        scaled scores, ``-inf`` for padded queries and rows without a key.
+    """
+    B, H, S, D = q.shape
+    bs, nb = layout.block_size, layout.num_blocks
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cdt = _compute_dtype(q.dtype, q.device, upcast)
+    qc, kc, vc = (t.to(cdt) for t in (q, k, v))
+    stat_dtype = torch.float64 if cdt == torch.float64 else torch.float32
+
+    qb = qc.reshape(B, H, nb, bs, D)
+    kb = kc.reshape(B, H, nb, bs, D)
+    vb = vc.reshape(B, H, nb, bs, D)
+    key_ok = None if attention_mask is None else attention_mask.reshape(B, nb, bs)
+
+    out_parts, lse_parts, rows_done = [], [], []
+
+    # global query blocks: a dense row over every key
+    if layout.global_blocks:
+        g = torch.tensor(layout.global_blocks, device=q.device)
+        G = g.numel()
+        qg = qb.index_select(2, g).reshape(B, H, G * bs, D)  # (B, H, G*bs, D)
+        s = torch.matmul(qg, kc.transpose(-1, -2)) * scale  # (B, H, G*bs, S)
+        keep = None if attention_mask is None else attention_mask[:, None, None, :]
+        o, lse = _masked_softmax_matmul(s, keep, vc)
+        out_parts.append(o.reshape(B, H, G, bs, D))
+        lse_parts.append(lse.reshape(B, H, G, bs))
+        rows_done.append(g)
+
+    # non-global query blocks, in chunks of rows: gather the listed key/value blocks
+    rows = [i for i in range(nb) if i not in set(layout.global_blocks)]
+    W = layout.width
+    per_row = max(1, B * H * bs * W * bs)
+    step = max(1, _CHUNK_SCORE_ELEMENTS // per_row)
+    head = torch.arange(H, device=q.device)[:, None, None]
+    slot = torch.arange(W, device=q.device)
+    for c0 in range(0, len(rows), step):
+        r = torch.tensor(rows[c0 : c0 + step], device=q.device)
+        R = r.numel()
+        idx = layout.kv_indices.index_select(1, r).long()  # (H, R, W)
+        valid = slot[None, None, :] < layout.kv_num_blocks.index_select(1, r)[..., None]  # (H, R, W)
+        kg = kb[:, head, idx].reshape(B, H, R, W * bs, D)  # (B, H, R, W*bs, D)
+        vg = vb[:, head, idx].reshape(B, H, R, W * bs, D)
+        s = torch.matmul(qb.index_select(2, r), kg.transpose(-1, -2)) * scale  # (B, H, R, bs, W*bs)
+        keep = valid[None, :, :, :, None].expand(B, H, R, W, bs)
+        if key_ok is not None:
+            keep = keep & key_ok[:, idx]  # key_ok[:, idx]: (B, H, R, W, bs)
+        keep = keep.reshape(B, H, R, 1, W * bs)
+        o, lse = _masked_softmax_matmul(s, keep, vg)
+        out_parts.append(o)
+        lse_parts.append(lse)
+        rows_done.append(r)
+
+    order = torch.cat(rows_done)
+    out = torch.cat(out_parts, dim=2)  # (B, H, nb, bs, D) in `order`
+    lse = torch.cat(lse_parts, dim=2)  # (B, H, nb, bs)
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(nb, device=q.device)
+    out = out.index_select(2, inv).reshape(B, H, S, D)
+    lse = lse.index_select(2, inv).reshape(B, H, S).to(stat_dtype)
+    if attention_mask is not None:
+        q_ok = attention_mask[:, None, :]  # (B, 1, S)
+        out = out * q_ok[..., None].to(out.dtype)
+        lse = lse.masked_fill(~q_ok, float("-inf"))
+    return out.to(q.dtype), lse
+
+
+def dense_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BigBirdLayout,
+    attention_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second oracle: dense attention with the block bias ``log(count)`` (``S x S``; tests only).
+
+    Same arguments and results as :func:`block_sparse_attention_ref`, computed in the input dtype.
+    """
+    B, H, S, D = q.shape
+    bs = layout.block_size
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    counts = layout.to_dense().to(q.dtype)  # (H, nb, nb)
+    bias = torch.log(counts).repeat_interleave(bs, 1).repeat_interleave(bs, 2)  # (H, S, S)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias  # (B, H, S, S)
+    keep = None if attention_mask is None else attention_mask[:, None, None, :]
+    out, lse = _masked_softmax_matmul(s, keep, v)
+    if attention_mask is not None:
+        out = out * attention_mask[:, None, :, None].to(out.dtype)
+        lse = lse.masked_fill(~attention_mask[:, None, :], float("-inf"))
+    return out, lse

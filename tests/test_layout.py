@@ -1,0 +1,224 @@
+"""Layouts: bit-exact with Hugging Face's random blocks, structure, caching, transposition."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from bigbird_kernels.layout import (
+    get_layout,
+    hf_layout,
+    hf_random_blocks,
+    make_layout,
+    resample_layout,
+    seeded_layout,
+)
+
+from hf_oracle import hf_attention_module, run_hf_attention
+
+HF_CASES = [
+    # (padded L, block size, r, heads, layer, max_position_embeddings)
+    (704 + 64, 64, 3, 2, 0, 4096),
+    (704 + 128, 64, 3, 3, 5, 4096),
+    (704 + 64 * 5, 64, 3, 2, 11, 4096),
+    (1024, 64, 3, 4, 0, 4096),
+    (1024, 64, 3, 2, 1, 1024),
+    (2048, 64, 3, 2, 3, 4096),
+    (3072, 64, 2, 2, 1, 4096),
+    (4096, 64, 3, 2, 7, 4096),
+    (1024, 32, 2, 3, 2, 2048),
+    (1024, 16, 1, 2, 0, 4096),
+    (512, 16, 3, 2, 4, 1024),
+    (320, 32, 1, 5, 2, 4096),
+    (448, 32, 2, 1, 9, 4096),
+    (384, 64, 1, 2, 0, 4096),  # nb = 6: the (r + 5) < nb <= 2r + 5 plan branch is not reached, r small
+    (512, 64, 1, 2, 1, 4096),  # nb = 8 > 2r + 5
+    (384, 64, 3, 2, 1, 4096),  # nb = 6 <= r + 5: the single-plan branch
+    (576, 64, 3, 2, 2, 4096),  # nb = 9: the two-plan branch with r//2 and r - r//2
+]
+
+
+def _ids(case):
+    L, bs, r, H, layer, mp = case
+    return f"L{L}-bs{bs}-r{r}-H{H}-layer{layer}-max{mp}"
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", HF_CASES, ids=_ids)
+def test_hf_random_blocks_match_transformers(case, training):
+    L, bs, r, H, layer, mp = case
+    module = hf_attention_module(num_heads=H, head_dim=4, block_size=bs, num_random_blocks=r,
+                                 layer_idx=layer, training=training, max_position_embeddings=mp)
+    x = torch.randn(1, L, H * 4, dtype=torch.float64)
+    try:
+        _, _, _, _, hf_rand = run_hf_attention(module, x, torch.ones(1, L))
+    except ValueError as e:  # HF cannot draw this layout: neither can we, with a clear message
+        with pytest.raises(ValueError, match="random layout"):
+            hf_random_blocks(layer_idx=layer, seq_len=L, block_size=bs, num_random_blocks=r, num_heads=H,
+                             max_position_embeddings=mp, training=training)
+        assert "broadcast" in str(e)
+        return
+    ours = hf_random_blocks(layer_idx=layer, seq_len=L, block_size=bs, num_random_blocks=r, num_heads=H,
+                            max_position_embeddings=mp, training=training)
+    np.testing.assert_array_equal(ours, hf_rand.numpy())
+    layout = hf_layout(layer_idx=layer, seq_len=L, block_size=bs, num_random_blocks=r, num_heads=H,
+                       max_position_embeddings=mp, training=training)
+    assert torch.equal(layout.random_blocks[:, 1:-1], torch.from_numpy(ours))
+
+
+def test_hf_reference_values_base_config():
+    """The published reference rows and hashes (hf_bigbird_behaviour.md section 2.6)."""
+    expected = {
+        1024: ([[9, 14, 7], [9, 6, 7], [10, 5, 14], [6, 8, 12]], [2, 6, 5], [6, 11, 10], "14e2e195bcd819af"),
+        2048: ([[4, 6, 7], [4, 8, 5], [8, 1, 5], [9, 2, 1]], [5, 3, 1], [3, 5, 4], "566d810818e3ed75"),
+        4096: ([[9, 14, 7], [9, 6, 7], [10, 5, 14], [6, 8, 12]], [6, 12, 5], [6, 11, 10], "5484ec714327bdb5"),
+    }
+    for L, (rows, last, head1, sha) in expected.items():
+        stack = np.stack([
+            hf_random_blocks(layer_idx=i, seq_len=L, block_size=64, num_random_blocks=3, num_heads=12, training=True)
+            for i in range(12)
+        ]).astype(np.int32)
+        assert stack[0, 0, :4].tolist() == rows
+        assert stack[0, 0, -1].tolist() == last
+        assert stack[0, 1, 0].tolist() == head1
+        assert hashlib.sha1(stack.tobytes()).hexdigest()[:16] == sha
+
+
+def test_hf_eval_rows_follow_hf_concatenation():
+    """Eval rows: 0, window, nb-1 and r extra copies of block 0 (reference section 2.4)."""
+    layout = hf_layout(layer_idx=3, seq_len=512, block_size=64, num_random_blocks=3, num_heads=2, training=False)
+    nb = 8
+    kv, num = layout.kv_indices[0], layout.kv_num_blocks[0]
+    assert num.tolist() == [0, 7, 8, 8, 8, 8, 7, 0]
+    assert sorted(kv[1, :7].tolist()) == sorted([0, 1, 2, nb - 1, 0, 0, 0])
+    assert sorted(kv[4, :8].tolist()) == sorted([0, 3, 4, 5, 0, 0, 0, nb - 1])
+    assert sorted(kv[6, :7].tolist()) == sorted([0, nb - 3, nb - 2, nb - 1, 0, 0, 0])
+    assert layout.global_blocks == (0, nb - 1)
+    assert layout.is_global.tolist() == [True] + [False] * 6 + [True]
+
+
+def test_layout_is_cached_and_eval_ignores_layer():
+    a = hf_layout(layer_idx=0, seq_len=1024, block_size=64, num_random_blocks=3, num_heads=4, training=True)
+    b = hf_layout(layer_idx=0, seq_len=1024, block_size=64, num_random_blocks=3, num_heads=4, training=True)
+    c = hf_layout(layer_idx=1, seq_len=1024, block_size=64, num_random_blocks=3, num_heads=4, training=True)
+    assert a is b and a is not c
+    e0 = hf_layout(layer_idx=0, seq_len=1024, block_size=64, num_random_blocks=3, num_heads=4, training=False)
+    e5 = hf_layout(layer_idx=5, seq_len=1024, block_size=64, num_random_blocks=3, num_heads=4, training=False)
+    assert e0 is e5
+
+
+def test_seeded_equals_hf_training_in_every_mode():
+    s = seeded_layout(layer_idx=2, seq_len=2048, block_size=64, num_random_blocks=3, num_heads=3)
+    t = hf_layout(layer_idx=2, seq_len=2048, block_size=64, num_random_blocks=3, num_heads=3, training=True)
+    assert torch.equal(s.kv_indices, t.kv_indices) and s.mode == "seeded"
+    assert get_layout("seeded", layer_idx=2, seq_len=2048, block_size=64, num_random_blocks=3, num_heads=3) is s
+
+
+def _check_resample(layout):
+    H, nb, r = layout.random_blocks.shape
+    half = layout.window // 2
+    for h in range(H):
+        for i in range(nb):
+            if i in layout.global_blocks:
+                continue
+            static = set(layout.global_blocks) | set(range(max(0, i - half), min(nb, i + half + 1)))
+            n_free = nb - len(static)
+            rnd = layout.random_blocks[h, i].tolist()
+            assert rnd[n_free:] == [i] * max(0, r - n_free), "slots beyond the free blocks repeat the own block"
+            rnd = rnd[:n_free]
+            assert len(set(rnd)) == len(rnd), "random blocks of a row must be distinct"
+            assert not static & set(rnd), "random blocks must avoid the window and the globals"
+            assert all(0 <= x < nb for x in rnd)
+
+
+def test_resample_draws_distinct_fresh_blocks_and_replays_from_generator():
+    g = torch.Generator().manual_seed(123)
+    a = resample_layout(seq_len=64 * 40, block_size=64, num_random_blocks=3, num_heads=4, generator=g)
+    b = resample_layout(seq_len=64 * 40, block_size=64, num_random_blocks=3, num_heads=4, generator=g)
+    assert not torch.equal(a.random_blocks, b.random_blocks)
+    g.manual_seed(123)
+    c = resample_layout(seq_len=64 * 40, block_size=64, num_random_blocks=3, num_heads=4, generator=g)
+    assert torch.equal(a.kv_indices, c.kv_indices)
+    _check_resample(a)
+    # every free block gets picked at some point: the draw is not confined to a corner
+    assert set(a.random_blocks[:, 1:-1].flatten().tolist()) == set(range(1, 39))
+
+
+def test_resample_with_few_free_blocks_repeats_own_block():
+    layout = resample_layout(seq_len=16 * 5, block_size=16, num_random_blocks=3, num_heads=2)
+    # 5 blocks, window 3, globals 0 and 4: row 2 lists 0,1,2,3,4 and has nothing free
+    assert layout.random_blocks[:, 2].tolist() == [[2, 2, 2], [2, 2, 2]]
+    _check_resample(resample_layout(seq_len=16 * 12, block_size=16, num_random_blocks=5, num_heads=3,
+                                    window=5, global_blocks=(0, 3, -1)))
+
+
+def test_custom_structure_window_globals_and_r0():
+    nb = 10
+    rand = torch.zeros(1, nb, 0, dtype=torch.int32)
+    layout = make_layout(rand, block_size=16, window=5, global_blocks=(0, 4, -1))
+    assert layout.global_blocks == (0, 4, 9)
+    assert layout.num_random_blocks == 0
+    row = layout.kv_indices[0, 6, : layout.kv_num_blocks[0, 6]].tolist()
+    assert row == [0, 4, 5, 6, 7, 8, 9]
+    row1 = layout.kv_indices[0, 1, : layout.kv_num_blocks[0, 1]].tolist()
+    assert row1 == [0, 1, 2, 3, 4, 9]
+    assert layout.kv_num_blocks[0, 4] == 0  # global row: flagged, not enumerated
+    dense = layout.to_dense()[0]
+    assert (dense[[0, 4, 9]] == 1).all()
+    assert (dense[:, [0, 4, 9]] >= 1).all()
+
+
+def test_transpose_matches_dense_counts():
+    for layout in (
+        hf_layout(layer_idx=1, seq_len=1024, block_size=64, num_random_blocks=3, num_heads=3, training=True),
+        hf_layout(layer_idx=1, seq_len=1024, block_size=64, num_random_blocks=3, num_heads=3, training=False),
+        resample_layout(seq_len=640, block_size=32, num_random_blocks=2, num_heads=2, global_blocks=(0, 7, -1)),
+    ):
+        t = layout.transpose()
+        assert layout.transpose() is t
+        dense = layout.to_dense()
+        H, nb, _ = dense.shape
+        assert t.q_offsets.shape == (H, nb + 1) and t.q_indices.shape == (H, layout.nnz_per_head)
+        rebuilt = torch.zeros_like(dense)
+        for h in range(H):
+            for j in range(nb):
+                rows = t.q_indices[h, t.q_offsets[h, j] : t.q_offsets[h, j + 1]].tolist()
+                assert rows == sorted(rows)
+                for i in rows:
+                    rebuilt[h, i, j] += 1
+        rebuilt[:, layout.is_global, :] = 1
+        assert torch.equal(rebuilt, dense)
+
+
+def test_num_pairs_counts_multiplicity():
+    layout = hf_layout(layer_idx=0, seq_len=4096, block_size=64, num_random_blocks=3, num_heads=1, training=False)
+    nb = 64
+    assert layout.num_pairs_per_head == int(layout.to_dense().sum()) == 2 * nb + 2 * 7 + (nb - 4) * 8
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seq_len=1000, block_size=64), "multiple of block_size"),
+        (dict(seq_len=0, block_size=64), "multiple of block_size"),
+        (dict(seq_len=4096, block_size=0), "block_size must be positive"),
+    ],
+)
+def test_bad_layout_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hf_layout(layer_idx=0, num_random_blocks=3, num_heads=2, training=True, **kwargs)
+
+
+def test_bad_structure_arguments():
+    with pytest.raises(ValueError, match="odd"):
+        make_layout(torch.zeros(1, 8, 1, dtype=torch.int32), block_size=16, window=2)
+    with pytest.raises(ValueError, match="out of range"):
+        make_layout(torch.zeros(1, 8, 1, dtype=torch.int32), block_size=16, global_blocks=(0, 8))
+    with pytest.raises(TypeError, match="integer"):
+        make_layout(torch.zeros(1, 8, 1), block_size=16)
+    with pytest.raises(ValueError, match="unknown layout mode"):
+        get_layout("bogus", layer_idx=0, seq_len=512, block_size=64, num_random_blocks=3, num_heads=2)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        hf_random_blocks(layer_idx=0, seq_len=4096, block_size=64, num_random_blocks=3, num_heads=1,
+                         max_position_embeddings=1024, training=True)
