@@ -32,6 +32,7 @@ __all__ = [
 
 BACKEND_NAMES = ("cuda", "triton", "reference", "sdpa", "flex")
 AUTO_ORDER = ("cuda", "triton", "reference")
+_GPU_ONLY_IN_AUTO = ("cuda", "triton")
 _MODULES = {name: f"bigbird_kernels.backends.{name}" for name in BACKEND_NAMES}
 _loaded: dict[str, object] = {}
 _load_errors: dict[str, str] = {}
@@ -85,6 +86,10 @@ def select_backend(requested: str, inputs: AttentionInputs):
     if requested == "auto":
         tried = {}
         for name in AUTO_ORDER:
+            if name in _GPU_ONLY_IN_AUTO and inputs.device.type != "cuda":
+                # the Triton interpreter runs on CPU tensors, but only when asked for by name
+                tried[name] = ["auto uses it only for CUDA tensors"]
+                continue
             reasons = not_supported_reasons(name, inputs)
             if not reasons:
                 return get_backend(name)

@@ -1,0 +1,404 @@
+"""Attention benchmark: our backends against dense SDPA, FlexAttention and Hugging Face's module.
+
+One harness times every backend on the same inputs (DESIGN.md section 7): medians over repeated runs
+after warm-up, effective TFLOP/s on attended blocks, peak memory, ``oom``/``unsupported`` recorded
+rather than dropped. On CPU each configuration runs in its own process (so peak RSS belongs to it);
+on CUDA one process times everything with CUDA events.
+
+    python -m bigbird_kernels.bench --quick            # CPU: reference, sdpa, transformers
+    python -m bigbird_kernels.bench --device cuda      # GPU: every backend and peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["run_attention_benchmark", "attention_flops", "collect_meta", "device_slug", "main"]
+
+CPU_BACKENDS = ("reference", "sdpa", "transformers")
+GPU_BACKENDS = ("cuda", "triton", "flex", "sdpa_flash", "sdpa_cudnn", "sdpa", "transformers")
+PASSES = ("fwd", "bwd", "fwd+bwd")
+
+
+# ------------------------------------------------------------------------------------------------
+# metadata, FLOPs, output
+# ------------------------------------------------------------------------------------------------
+
+
+def device_slug(device: str) -> str:
+    """``nvidia-h100-80gb-hbm3`` for an H100, ``cpu`` for the CPU."""
+    if device == "cpu":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+
+
+def _git_sha() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def collect_meta(device: str) -> dict:
+    """Device, driver and library versions, git sha and date for a results file."""
+    meta = {
+        "device": device_slug(device) if device == "cpu" else torch.cuda.get_device_name(),
+        "device_slug": device_slug(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_sha": _git_sha(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    for mod in ("triton", "transformers"):
+        try:
+            meta[mod] = __import__(mod).__version__
+        except Exception:
+            meta[mod] = None
+    if device != "cpu":
+        meta["cuda"] = torch.version.cuda
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, check=True).stdout
+            meta["driver"] = out.strip().splitlines()[0]
+        except Exception:
+            meta["driver"] = None
+    return meta
+
+
+def attention_flops(layout, batch: int, head_dim: int, pass_: str) -> float:
+    """FLOPs on attended blocks only: forward ``4 B H D bs^2 n_pairs``, backward 2.5x that."""
+    fwd = 4.0 * batch * layout.num_heads * head_dim * layout.block_size**2 * layout.num_pairs_per_head
+    return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}[pass_]
+
+
+# ------------------------------------------------------------------------------------------------
+# one configuration
+# ------------------------------------------------------------------------------------------------
+
+
+def _make_call(backend, q, k, v, layout, mask):
+    """A zero-argument function computing the attention output with ``backend`` on these inputs."""
+    from .api import block_sparse_attention
+
+    if backend in ("reference", "sdpa", "triton", "cuda", "flex"):
+        return lambda: block_sparse_attention(q, k, v, layout, attention_mask=mask, backend=backend)
+    if backend in ("sdpa_flash", "sdpa_cudnn"):
+        # dense full attention, the speed-of-light of a dense kernel (no mask: flash takes none)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        which = SDPBackend.FLASH_ATTENTION if backend == "sdpa_flash" else SDPBackend.CUDNN_ATTENTION
+
+        def dense():
+            with sdpa_kernel([which]):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+        return dense
+    if backend == "transformers":
+        return _hf_call(q, k, v, layout, mask)
+    raise ValueError(f"unknown benchmark backend {backend!r}")
+
+
+def _hf_call(q, k, v, layout, mask):
+    """Hugging Face's block-sparse attention core on our q, k, v (eval layout, same masks as the model)."""
+    from transformers import BigBirdConfig
+    from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention, BigBirdModel
+
+    B, H, S, D = q.shape
+    bs, r = layout.block_size, layout.num_random_blocks
+    cfg = BigBirdConfig(hidden_size=H * D, num_attention_heads=H, block_size=bs, num_random_blocks=r,
+                        max_position_embeddings=max(4096, S), attention_type="block_sparse")
+    module = BigBirdBlockSparseAttention(cfg, seed=0).to(q.device).eval()
+    m = torch.ones(B, S, device=q.device, dtype=q.dtype) if mask is None else mask.to(q.dtype)
+    blocked, band, from_mask, to_mask = BigBirdModel.create_masks_for_block_sparse_attn(m, bs)
+
+    def call():
+        ctx, _ = module.bigbird_block_sparse_attention(
+            q, k, v, band, from_mask, to_mask, blocked, blocked, H, r, D, bs, bs, B, S, S,
+            seed=0, plan_from_length=None, plan_num_rand_blocks=None,
+        )
+        return ctx
+
+    return call
+
+
+def _time_cpu(fn, reps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _time_cuda(fn, reps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(config: dict) -> dict:
+    """Time one (backend, pass, dtype, shape) configuration in this process; return its record."""
+    from .layout import hf_layout
+
+    device = config["device"]
+    dtype = getattr(torch, config["dtype"])
+    B, H, S, D, bs, r = (config[k] for k in ("B", "H", "S", "D", "block_size", "r"))
+    rec = {k: config[k] for k in ("backend", "pass", "dtype", "B", "H", "S", "D", "block_size", "r")}
+    rec.update(ms=None, tflops=None, peak_mem_bytes=None, status="ok")
+    layout = hf_layout(layer_idx=0, seq_len=S, block_size=bs, num_random_blocks=r, num_heads=H, training=False,
+                       device=device)
+    need_grad = config["pass"] != "fwd"
+    try:
+        q, k, v = (torch.randn(B, H, S, D, device=device, dtype=dtype, requires_grad=need_grad) for _ in range(3))
+        mask = torch.ones(B, S, dtype=torch.bool, device=device) if config.get("mask") else None
+        call = _make_call(config["backend"], q, k, v, layout, mask)
+        if config["pass"] == "fwd":
+            fn = torch.no_grad()(call)
+        else:
+            out = call()
+            grad = torch.randn_like(out)
+            if config["pass"] == "bwd":
+                def fn():
+                    torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+            else:
+                def fn():
+                    torch.autograd.grad(call(), (q, k, v), grad)
+        if device == "cpu":
+            base = _rss_bytes()
+            times = _time_cpu(fn, config["reps"], config["warmup"])
+            rec["peak_mem_bytes"] = max(0, _peak_rss_bytes() - base)
+            rec["peak_rss_bytes"] = _peak_rss_bytes()
+        else:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            times = _time_cuda(fn, config["reps"], config["warmup"])
+            rec["peak_mem_bytes"] = torch.cuda.max_memory_allocated() - base
+        rec["ms"] = statistics.median(times)
+        rec["ms_min"] = min(times)
+        rec["tflops"] = attention_flops(layout, B, D, config["pass"]) / (rec["ms"] * 1e-3) / 1e12
+    except torch.cuda.OutOfMemoryError:
+        rec["status"] = "oom"
+    except MemoryError:
+        rec["status"] = "oom"
+    except Exception as e:  # a peer that cannot run this shape is recorded, not dropped
+        from .dispatch import BackendNotSupportedError
+
+        rec["status"] = "unsupported" if isinstance(e, (BackendNotSupportedError, ImportError, NotImplementedError)) else "error"
+        rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    return rec
+
+
+def _measure_in_subprocess(config: dict, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "bigbird_kernels.bench", "--worker", json.dumps(config)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**{k: config[k] for k in ("backend", "pass", "dtype", "B", "H", "S", "D", "block_size", "r")},
+                "ms": None, "tflops": None, "peak_mem_bytes": None, "status": "timeout"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        status = "oom" if proc.returncode in (-9, 137) else "error"
+        return {**{k: config[k] for k in ("backend", "pass", "dtype", "B", "H", "S", "D", "block_size", "r")},
+                "ms": None, "tflops": None, "peak_mem_bytes": None, "status": status,
+                "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole run
+# ------------------------------------------------------------------------------------------------
+
+
+def run_attention_benchmark(*, device="cpu", backends=None, seq_lens=(1024, 2048, 4096), dtypes=None, passes=("fwd",),
+                            batch=1, heads=12, head_dim=64, block_size=64, num_random_blocks=3, reps=None,
+                            warmup=None, mask=True, timeout=900.0, progress=print) -> dict:
+    """Run every configuration and return ``{"meta": ..., "records": [...]}`` (DESIGN.md section 7)."""
+    backends = tuple(backends or (CPU_BACKENDS if device == "cpu" else GPU_BACKENDS))
+    dtypes = tuple(dtypes or (("float32",) if device == "cpu" else ("bfloat16",)))
+    reps = reps or (5 if device == "cpu" else 30)
+    warmup = warmup if warmup is not None else (1 if device == "cpu" else 5)
+    records = []
+    for dtype in dtypes:
+        for S in seq_lens:
+            for pass_ in passes:
+                for backend in backends:
+                    config = dict(device=device, backend=backend, dtype=dtype, B=batch, H=heads, S=S, D=head_dim,
+                                  block_size=block_size, r=num_random_blocks, reps=reps, warmup=warmup, mask=mask,
+                                  **{"pass": pass_})
+                    rec = _measure_in_subprocess(config, timeout) if device == "cpu" else measure(config)
+                    if device != "cpu":
+                        torch.cuda.empty_cache()
+                    records.append(rec)
+                    if progress:
+                        progress(_format_row(rec))
+    return {"meta": collect_meta(device), "records": records}
+
+
+def _format_row(rec: dict) -> str:
+    ms = f"{rec['ms']:.2f}" if rec.get("ms") is not None else "-"
+    tf = f"{rec['tflops']:.3f}" if rec.get("tflops") is not None else "-"
+    mem = f"{rec['peak_mem_bytes'] / 2**20:.0f}" if rec.get("peak_mem_bytes") is not None else "-"
+    return (f"{rec['backend']:<13} {rec['pass']:<8} {rec['dtype']:<9} S={rec['S']:<6} {ms:>10} ms "
+            f"{tf:>9} TFLOP/s {mem:>7} MiB  {rec['status']}")
+
+
+def summary_table(result: dict, baseline: str = "reference") -> str:
+    """A Markdown table: one row per (S, pass, dtype), ms and peak MiB per backend, speed-ups vs HF."""
+    recs = result["records"]
+    backends = list(dict.fromkeys(r["backend"] for r in recs))
+    keys = list(dict.fromkeys((r["S"], r["pass"], r["dtype"]) for r in recs))
+    head = ["S", "pass", "dtype"] + [f"{b} ms" for b in backends] + [f"{b} MiB" for b in backends]
+    if "transformers" in backends:
+        head += [f"{b} speed-up vs transformers" for b in backends if b != "transformers"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        row = {r["backend"]: r for r in recs if (r["S"], r["pass"], r["dtype"]) == key}
+        cells = [str(key[0]), key[1], key[2]]
+        for b in backends:
+            r = row.get(b)
+            cells.append(f"{r['ms']:.2f}" if r and r.get("ms") is not None else (r or {}).get("status", "-"))
+        for b in backends:
+            r = row.get(b)
+            cells.append(f"{r['peak_mem_bytes'] / 2**20:.0f}" if r and r.get("peak_mem_bytes") is not None else "-")
+        if "transformers" in backends:
+            hf = row.get("transformers")
+            for b in backends:
+                if b == "transformers":
+                    continue
+                r = row.get(b)
+                ok = hf and r and hf.get("ms") and r.get("ms")
+                cells.append(f"{hf['ms'] / r['ms']:.1f}x" if ok else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_results(result: dict, out_dir: Path, name: str) -> list[Path]:
+    """Write ``<name>.json`` (and ``<name>.png`` when matplotlib is installed) under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    written = [path]
+    png = plot_results(result, out_dir / f"{name}.png")
+    if png:
+        written.append(png)
+    return written
+
+
+def plot_results(result: dict, path: Path) -> Path | None:
+    """Time and peak memory against sequence length per backend (log axes); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    recs = [r for r in result["records"] if r.get("ms") is not None]
+    groups = list(dict.fromkeys((r["pass"], r["dtype"]) for r in recs))
+    if not groups:
+        return None
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4 * len(groups)), squeeze=False)
+    for row, (pass_, dtype) in enumerate(groups):
+        for backend in dict.fromkeys(r["backend"] for r in recs):
+            pts = sorted((r["S"], r["ms"], r["peak_mem_bytes"]) for r in recs
+                         if r["backend"] == backend and r["pass"] == pass_ and r["dtype"] == dtype)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            axes[row][0].plot(xs, [p[1] for p in pts], marker="o", label=backend)
+            axes[row][1].plot(xs, [max(p[2] or 1, 1) / 2**20 for p in pts], marker="o", label=backend)
+        for col, label in enumerate(("time (ms)", "peak memory (MiB)")):
+            ax = axes[row][col]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel(label)
+            ax.set_title(f"{pass_}, {dtype}, {result['meta'].get('device')}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bigbird_kernels.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backends", nargs="+")
+    p.add_argument("--seq-lens", nargs="+", type=int)
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--passes", nargs="+", choices=PASSES, default=["fwd"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--num-random-blocks", type=int, default=3)
+    p.add_argument("--reps", type=int)
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (CPU: 3 timed runs)")
+    p.add_argument("--out-dir", type=Path, help="default benchmarks/results/<device slug>")
+    p.add_argument("--name", default="attention")
+    p.add_argument("--no-save", action="store_true")
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(json.loads(args.worker))), flush=True)
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but torch sees no CUDA device")
+    seq_lens = args.seq_lens or ((1024, 2048, 4096) if args.device == "cpu" else (1024, 2048, 4096, 8192, 16384, 32768, 65536))
+    reps = args.reps or (3 if args.quick else None)
+    result = run_attention_benchmark(device=args.device, backends=args.backends, seq_lens=seq_lens, dtypes=args.dtypes,
+                                     passes=tuple(args.passes), batch=args.batch, heads=args.heads,
+                                     head_dim=args.head_dim, block_size=args.block_size,
+                                     num_random_blocks=args.num_random_blocks, reps=reps)
+    print()
+    print(summary_table(result))
+    if not args.no_save:
+        out_dir = args.out_dir or Path("benchmarks/results") / device_slug(args.device)
+        for path in save_results(result, out_dir, args.name):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
