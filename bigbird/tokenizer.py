@@ -241,7 +241,8 @@ class BigBirdTokenizer:
         ``special_tokens`` maps ``pad_token``, ``bos_token``, ``eos_token``, ``unk_token``,
         ``cls_token``, ``sep_token``, ``mask_token`` to token strings (defaults: the google/bigbird
         names). ``spiece_file`` is the SentencePiece model it came from, copied by
-        :meth:`save_pretrained`.
+        :meth:`save_pretrained`. The backend's own truncation and padding settings are switched
+        off (a ``tokenizer.json`` may carry some); :meth:`__call__` applies its own.
         """
         names = dict(DEFAULT_SPECIAL_TOKENS)
         names.update({k: v for k, v in (special_tokens or {}).items() if v is not None})
@@ -651,14 +652,14 @@ def _truncate(first, second, mode, budget, stride, overflow):
         return [(first[:n1], second[:n2], 0)]
     if mode == "only_first":
         size = budget - n2
-        if n1 + n2 > budget and size < 0:
+        if n1 + n2 > budget and size < 1:
             raise ValueError(
-                f"truncation='only_first' cannot fit: the second segment alone has {n2} tokens, "
-                f"max_length leaves {budget} for content"
+                f"truncation='only_first' cannot fit: the second segment alone has {n2} tokens and "
+                f"max_length leaves {budget} for content, so no room for any of the first"
             )
         return [(first[s:e], second, s) for s, e in _windows(n1, size, stride, overflow)]
     size = budget - n1  # only_second
-    if n1 + n2 > budget and size < 0:
+    if n1 + n2 > budget and size < 1:
         raise ValueError(
             f"truncation='only_second' cannot fit: the first segment alone has {n1} tokens, "
             f"max_length leaves {budget} for content"

@@ -20,26 +20,30 @@ __all__ = ["block_sparse_attention_ref", "dense_attention_ref"]
 _CHUNK_SCORE_ELEMENTS = 1 << 22
 
 
-def _masked_softmax_matmul(s: torch.Tensor, keep: torch.Tensor | None, v: torch.Tensor):
+# Masked logits get this finite value instead of -inf, so that a row without any key stays finite
+# (uniform, then zeroed) in the forward and in autograd; exp() of it underflows to exactly 0.
+_MASKED = -1e30
+
+
+def _masked_softmax_matmul(s: torch.Tensor, keep: torch.Tensor | None, v: torch.Tensor, need_lse: bool):
     """Softmax of ``s`` over its last dim where ``keep`` is True, times ``v``; rows with no key give 0.
 
-    ``s`` (..., M, N) scores in the compute dtype, ``keep`` broadcastable to ``s`` (or None),
-    ``v`` (..., N, D). Returns ``out (..., M, D)`` in ``v.dtype`` and ``lse (..., M)`` with the
-    statistics in at least fp32 (``-inf`` for rows without a key).
+    ``s`` (..., M, N) scores, ``keep`` (..., 1, N) bool broadcastable to ``s`` (or None: keep all),
+    ``v`` (..., N, D). Softmax statistics run in at least fp32. Returns ``out (..., M, D)`` in
+    ``v.dtype`` and, with ``need_lse``, ``lse (..., M)`` (``-inf`` for rows without a key), else None.
     """
-    stat_dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
-    s = s.to(stat_dtype)
+    s = s.to(torch.float64 if s.dtype == torch.float64 else torch.float32)
+    has_key = None
     if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    m = s.amax(dim=-1, keepdim=True).detach()
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = torch.exp(s - m)
-    l = p.sum(dim=-1, keepdim=True)
-    has_key = l > 0
-    l_safe = torch.where(has_key, l, torch.ones_like(l))
-    out = torch.matmul((p / l_safe).to(v.dtype), v)
-    lse = torch.where(has_key, m + torch.log(l_safe), torch.full_like(l, float("-inf")))
-    return out, lse.squeeze(-1)
+        s = s.masked_fill(~keep, _MASKED)
+        has_key = keep.any(dim=-1, keepdim=True)  # (..., 1, 1)
+    out = torch.matmul(torch.softmax(s, dim=-1).to(v.dtype), v)
+    lse = torch.logsumexp(s, dim=-1) if need_lse else None
+    if has_key is not None:
+        out = out * has_key.to(out.dtype)
+        if lse is not None:
+            lse = lse.masked_fill(~has_key[..., 0], float("-inf"))
+    return out, lse
 
 
 def _compute_dtype(dtype: torch.dtype, device: torch.device, upcast: bool | None) -> torch.dtype:
@@ -59,7 +63,8 @@ def block_sparse_attention_ref(
     scale: float | None = None,
     *,
     upcast: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Block-sparse attention by gathering the listed key blocks (the kernel contract's oracle).
 
     Args:
@@ -69,6 +74,7 @@ def block_sparse_attention_ref(
         scale: multiplies ``q @ k^T``; default ``1 / sqrt(D)``.
         upcast: compute fp16/bf16 inputs in fp32 (default: on CPU only). ``False`` keeps the matmuls
             in the input precision (softmax statistics are fp32 in every case).
+        need_lse: compute ``lse`` (otherwise None is returned in its place).
 
     Returns:
         ``out (B, H, S, D)`` in the dtype of ``q`` (rows of padded queries and rows without any real
@@ -96,9 +102,9 @@ def block_sparse_attention_ref(
         qg = qb.index_select(2, g).reshape(B, H, G * bs, D)  # (B, H, G*bs, D)
         s = torch.matmul(qg, kc.transpose(-1, -2)) * scale  # (B, H, G*bs, S)
         keep = None if attention_mask is None else attention_mask[:, None, None, :]
-        o, lse = _masked_softmax_matmul(s, keep, vc)
+        o, lse = _masked_softmax_matmul(s, keep, vc, need_lse)
         out_parts.append(o.reshape(B, H, G, bs, D))
-        lse_parts.append(lse.reshape(B, H, G, bs))
+        lse_parts.append(lse.reshape(B, H, G, bs) if need_lse else None)
         rows_done.append(g)
 
     # non-global query blocks, in chunks of rows: gather the listed key/value blocks
@@ -120,22 +126,23 @@ def block_sparse_attention_ref(
         if key_ok is not None:
             keep = keep & key_ok[:, idx]  # key_ok[:, idx]: (B, H, R, W, bs)
         keep = keep.reshape(B, H, R, 1, W * bs)
-        o, lse = _masked_softmax_matmul(s, keep, vg)
+        o, lse = _masked_softmax_matmul(s, keep, vg, need_lse)
         out_parts.append(o)
         lse_parts.append(lse)
         rows_done.append(r)
 
     order = torch.cat(rows_done)
-    out = torch.cat(out_parts, dim=2)  # (B, H, nb, bs, D) in `order`
-    lse = torch.cat(lse_parts, dim=2)  # (B, H, nb, bs)
     inv = torch.empty_like(order)
     inv[order] = torch.arange(nb, device=q.device)
-    out = out.index_select(2, inv).reshape(B, H, S, D)
-    lse = lse.index_select(2, inv).reshape(B, H, S).to(stat_dtype)
+    out = torch.cat(out_parts, dim=2).index_select(2, inv).reshape(B, H, S, D)  # blocks back in order
+    lse = None
+    if need_lse:
+        lse = torch.cat(lse_parts, dim=2).index_select(2, inv).reshape(B, H, S).to(stat_dtype)  # (B, H, S)
     if attention_mask is not None:
         q_ok = attention_mask[:, None, :]  # (B, 1, S)
         out = out * q_ok[..., None].to(out.dtype)
-        lse = lse.masked_fill(~q_ok, float("-inf"))
+        if lse is not None:
+            lse = lse.masked_fill(~q_ok, float("-inf"))
     return out.to(q.dtype), lse
 
 
@@ -158,7 +165,7 @@ def dense_attention_ref(
     bias = torch.log(counts).repeat_interleave(bs, 1).repeat_interleave(bs, 2)  # (H, S, S)
     s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias  # (B, H, S, S)
     keep = None if attention_mask is None else attention_mask[:, None, None, :]
-    out, lse = _masked_softmax_matmul(s, keep, v)
+    out, lse = _masked_softmax_matmul(s, keep, v, True)
     if attention_mask is not None:
         out = out * attention_mask[:, None, :, None].to(out.dtype)
         lse = lse.masked_fill(~attention_mask[:, None, :], float("-inf"))

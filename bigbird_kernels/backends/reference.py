@@ -18,7 +18,7 @@ class ReferenceBackend:
         return []
 
     def forward(self, q, k, v, layout, attention_mask, scale, *, need_lse, deterministic):
-        out, lse = block_sparse_attention_ref(q, k, v, layout, attention_mask, scale)
+        out, lse = block_sparse_attention_ref(q, k, v, layout, attention_mask, scale, need_lse=need_lse)
         return out, (lse if need_lse else None)
 
 
