@@ -44,7 +44,8 @@ def cuda_extensions():
     ext = CUDAExtension(
         name="bigbird_kernels._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+        # no -std flag: torch's build helper adds the C++ standard its own headers need (c++17 or c++20)
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension}
 
