@@ -8,6 +8,7 @@
 torch.Size([1, 12, 1024, 64])
 """
 
+from . import dispatch as _dispatch
 from .api import block_sparse_attention
 from .dispatch import BackendNotSupportedError
 from .layout import (
@@ -22,6 +23,8 @@ from .layout import (
 from .reference import block_sparse_attention_ref
 
 __version__ = "0.1.0"
+
+_dispatch.load_backends()
 
 __all__ = [
     "block_sparse_attention",

@@ -46,6 +46,8 @@ def block_sparse_attention(
             (``-inf`` for padded queries).
         deterministic: ask the backend for bit-reproducible gradients.
 
+    Under ``torch.autocast`` the op runs in the autocast dtype (q, k, v are cast to it).
+
     Returns:
         ``out (B, H, S, D)`` in the input dtype, or ``(out, lse)`` with ``return_lse``.
 
@@ -54,6 +56,14 @@ def block_sparse_attention(
         :class:`~bigbird_kernels.dispatch.BackendNotSupportedError` when no (or not the named)
         backend can run them, listing each backend's reason.
     """
+    if isinstance(q, torch.Tensor) and torch.is_autocast_enabled(q.device.type):
+        # autocast: run the op in the autocast dtype, and keep autocast away from the backends' own
+        # precision choices (the reference's fp32 statistics, the kernels' accumulators)
+        dt = torch.get_autocast_dtype(q.device.type)
+        q, k, v = (t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (q, k, v))
+        with torch.autocast(q.device.type, enabled=False):
+            return block_sparse_attention(q, k, v, layout, attention_mask=attention_mask, scale=scale,
+                                          backend=backend, return_lse=return_lse, deterministic=deterministic)
     attention_mask = _validate(q, k, v, layout, attention_mask, scale, backend)
     B, H, S, D = q.shape
     if B == 0:
@@ -130,8 +140,8 @@ def _validate(q, k, v, layout, attention_mask, scale, backend):
             f"attention_mask must be bool or 0/1 integers (True/1 = real token), got {attention_mask.dtype}; "
             "additive float masks are not accepted"
         )
-    if attention_mask.device.type == "cpu" and attention_mask.numel():
-        # checked where it costs no device synchronisation
+    if attention_mask.device.type == "cpu" and attention_mask.numel() and not torch.compiler.is_compiling():
+        # checked where it costs no device synchronisation (and outside compiled graphs)
         lo, hi = int(attention_mask.min()), int(attention_mask.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"integer attention_mask must hold only 0 and 1, found values in [{lo}, {hi}]")

@@ -26,6 +26,7 @@ __all__ = [
     "BACKEND_NAMES",
     "AUTO_ORDER",
     "get_backend",
+    "load_backends",
     "not_supported_reasons",
     "select_backend",
 ]
@@ -69,6 +70,13 @@ def get_backend(name: str):
         except Exception as e:  # an optional dependency or extension is missing: report, don't crash
             _load_errors[name] = f"not available ({type(e).__name__}: {e})"
     return _loaded.get(name)
+
+
+def load_backends() -> None:
+    """Import every backend module now (at package import), so that no import happens inside a
+    ``torch.compile`` trace; import errors are recorded as the backend's reason."""
+    for name in BACKEND_NAMES:
+        get_backend(name)
 
 
 def not_supported_reasons(name: str, inputs: AttentionInputs) -> list[str]:

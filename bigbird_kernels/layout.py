@@ -27,7 +27,6 @@ Builders (all return layouts on the requested device, cached where the mode allo
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 
 __all__ = [
     "BigBirdLayout",
+    "LayoutTooShortError",
     "TransposedLayout",
     "make_layout",
     "hf_layout",
@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 LAYOUT_MODES = ("hf", "seeded", "resample")
+
+
+class LayoutTooShortError(ValueError):
+    """Hugging Face's generator cannot place the random blocks in so few blocks (HF fails too)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class BigBirdLayout:
         kv_num_blocks: ``(H, num_blocks)`` int32, listed key blocks per row; 0 for global rows.
         is_global: ``(num_blocks,)`` bool, global query/key blocks.
         nnz_per_head: total listed (row, key block) pairs of non-global rows, per head (host int).
+        global_rows: ``(G,)`` int64 ids of the global blocks, on the layout's device.
+        other_rows: ``(num_blocks - G,)`` int64 ids of the non-global blocks, on the layout's device.
     """
 
     block_size: int
@@ -91,7 +97,9 @@ class BigBirdLayout:
     kv_num_blocks: torch.Tensor
     is_global: torch.Tensor
     nnz_per_head: int
-    _transposed: list = field(default_factory=list, repr=False, compare=False)
+    global_rows: torch.Tensor
+    other_rows: torch.Tensor
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def seq_len(self) -> int:
@@ -131,6 +139,8 @@ class BigBirdLayout:
             kv_num_blocks=self.kv_num_blocks.to(device),
             is_global=self.is_global.to(device),
             nnz_per_head=self.nnz_per_head,
+            global_rows=self.global_rows.to(device),
+            other_rows=self.other_rows.to(device),
         )
 
     def to_dense(self) -> torch.Tensor:
@@ -140,14 +150,13 @@ class BigBirdLayout:
         valid = (slot[None, None, :] < self.kv_num_blocks[..., None]).to(torch.int32)  # (H, nb, W)
         counts = torch.zeros(H, nb, nb, dtype=torch.int32, device=self.device)
         counts.scatter_add_(2, self.kv_indices.long(), valid)
-        counts[:, self.is_global, :] = 1
-        return counts
+        return torch.where(self.is_global[None, :, None], torch.ones_like(counts), counts)  # no host sync
 
     def transpose(self) -> TransposedLayout:
         """The transposed structure used by backward kernels; built on the device once and cached."""
-        if not self._transposed:
-            self._transposed.append(_transpose(self))
-        return self._transposed[0]
+        if "transposed" not in self._cache:
+            self._cache["transposed"] = _transpose(self)
+        return self._cache["transposed"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +172,8 @@ class _Structure:
     global_blocks: tuple[int, ...]
     flat_valid: torch.Tensor  # (nnz,) int64 positions of valid entries in a flattened (nb, W) row table
     nnz: int
+    global_rows: torch.Tensor  # (G,) int64
+    other_rows: torch.Tensor  # (nb - G,) int64
 
 
 def normalize_global_blocks(num_blocks: int, global_blocks) -> tuple[int, ...]:
@@ -206,6 +217,8 @@ def _structure(num_blocks: int, window: int, global_blocks: tuple[int, ...], r: 
         global_blocks=global_blocks,
         flat_valid=torch.tensor(flat, dtype=torch.long, device=device),
         nnz=len(flat),
+        global_rows=torch.tensor(global_blocks, dtype=torch.long, device=device),
+        other_rows=torch.tensor([i for i in range(num_blocks) if i not in gset], dtype=torch.long, device=device),
     )
 
 
@@ -268,6 +281,8 @@ def make_layout(
         kv_num_blocks=num.to(torch.int32).expand(H, nb).contiguous(),
         is_global=st.is_global,
         nnz_per_head=st.nnz,
+        global_rows=st.global_rows,
+        other_rows=st.other_rows,
     )
 
 
@@ -406,7 +421,7 @@ def hf_random_blocks(
     nb = seq_len // block_size
     r = num_random_blocks
     if nb < 3:
-        raise ValueError(f"Hugging Face's random layout needs at least 3 blocks, got {nb}")
+        raise LayoutTooShortError(f"Hugging Face's random layout needs at least 3 blocks, got {nb}")
     if not training or r == 0:
         return np.zeros((num_heads, nb - 2, r), dtype=np.int32)
     rng = np.random.RandomState(layer_idx)
@@ -415,7 +430,7 @@ def hf_random_blocks(
     except ValueError as e:
         if "max_position_embeddings" in str(e):
             raise
-        raise ValueError(
+        raise LayoutTooShortError(
             f"Hugging Face's random layout cannot be drawn for seq_len={seq_len}, block_size={block_size}, "
             f"r={r} (too few blocks: numpy says {e}); transformers fails the same way. Use the 'resample' "
             "mode or fewer random blocks."

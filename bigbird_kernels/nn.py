@@ -19,16 +19,15 @@ is a block multiple) so that a dynamic ``S`` adds no guard beyond the block coun
 
 from __future__ import annotations
 
+import dataclasses
 import operator
-import os
 
 import torch
 from torch import nn
 
 from . import layout as _layout_mod
 from .api import block_sparse_attention
-from .dispatch import AUTO_ORDER, BACKEND_NAMES, get_backend
-from .layout import LAYOUT_MODES, BigBirdLayout, get_layout, make_layout, normalize_global_blocks
+from .layout import LAYOUT_MODES, BigBirdLayout, LayoutTooShortError, get_layout, make_layout, normalize_global_blocks
 
 __all__ = ["BlockSparseSelfAttention", "block_sparse_attn_func"]
 
@@ -157,11 +156,9 @@ def _build_layout(kind, *, layer_idx, seq_len, block_size, num_random_blocks, nu
                           num_random_blocks=num_random_blocks, num_heads=num_heads,
                           max_position_embeddings=max_position_embeddings, training=training, window=window,
                           global_blocks=global_blocks, device=device)
-    except ValueError as e:
+    except LayoutTooShortError:
         # Hugging Face's generator cannot place r random blocks in so few blocks (its model runs full
         # attention on such short inputs): do the same
-        if "cannot be drawn" not in str(e):
-            raise
         return _dense_layout(nb, num_heads, block_size, global_blocks, kind, device)
 
 
@@ -185,19 +182,8 @@ def _resample_traceable(base: BigBirdLayout, generator: torch.Generator | None =
     pos = (static_count[:, None] + torch.arange(r, device=dev)[None, :]).expand(H, nb, r)
     kv = base.kv_indices.long().scatter(2, pos, rand)
     kv = kv.masked_fill(base.is_global[None, :, None], 0)
-    return BigBirdLayout(
-        block_size=base.block_size,
-        num_blocks=base.num_blocks,
-        num_heads=base.num_heads,
-        global_blocks=base.global_blocks,
-        window=base.window,
-        mode="resample",
-        random_blocks=rand.to(torch.int32),
-        kv_indices=kv.to(torch.int32),
-        kv_num_blocks=base.kv_num_blocks,
-        is_global=base.is_global,
-        nnz_per_head=base.nnz_per_head,
-    )
+    return dataclasses.replace(base, mode="resample", random_blocks=rand.to(torch.int32),
+                               kv_indices=kv.to(torch.int32), _cache={})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,7 +281,6 @@ class BlockSparseSelfAttention(nn.Module):
         self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias, **kw) if out_proj else None
         self._layouts = _LayoutStore()
         self._generators: dict[str, torch.Generator] = {}
-        _preload_backends(backend)
         _mark_compile_constants()
 
     def extra_repr(self) -> str:
@@ -410,18 +395,6 @@ class BlockSparseSelfAttention(nn.Module):
             else:
                 out = out[:, :S]
         return out
-
-
-def _preload_backends(backend: str) -> None:
-    """Import the backend modules a call may pick now, not inside a ``torch.compile`` trace (where the
-    dispatcher's lazy ``importlib`` would break the graph)."""
-    names = set(AUTO_ORDER) if backend == "auto" else {backend}
-    env = os.environ.get("BIGBIRD_BACKEND", "").strip()
-    if env in BACKEND_NAMES:
-        names.add(env)
-    for name in names:
-        if name in BACKEND_NAMES:
-            get_backend(name)
 
 
 def _common_dtype(q, k, v):

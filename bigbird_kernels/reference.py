@@ -95,27 +95,27 @@ def block_sparse_attention_ref(
 
     out_parts, lse_parts, rows_done = [], [], []
 
+    global_rows, other_rows = layout.global_rows, layout.other_rows
+
     # global query blocks: a dense row over every key
     if layout.global_blocks:
-        g = torch.tensor(layout.global_blocks, device=q.device)
-        G = g.numel()
-        qg = qb.index_select(2, g).reshape(B, H, G * bs, D)  # (B, H, G*bs, D)
+        G = global_rows.numel()
+        qg = qb.index_select(2, global_rows).reshape(B, H, G * bs, D)  # (B, H, G*bs, D)
         s = torch.matmul(qg, kc.transpose(-1, -2)) * scale  # (B, H, G*bs, S)
         keep = None if attention_mask is None else attention_mask[:, None, None, :]
         o, lse = _masked_softmax_matmul(s, keep, vc, need_lse)
         out_parts.append(o.reshape(B, H, G, bs, D))
         lse_parts.append(lse.reshape(B, H, G, bs) if need_lse else None)
-        rows_done.append(g)
+        rows_done.append(global_rows)
 
     # non-global query blocks, in chunks of rows: gather the listed key/value blocks
-    rows = [i for i in range(nb) if i not in set(layout.global_blocks)]
     W = layout.width
-    per_row = max(1, B * H * bs * W * bs)
-    step = max(1, _CHUNK_SCORE_ELEMENTS // per_row)
+    # rows per chunk from the per-example size only (not B: no recompiles per batch size under compile)
+    step = max(1, _CHUNK_SCORE_ELEMENTS // (H * bs * W * bs))
     head = torch.arange(H, device=q.device)[:, None, None]
     slot = torch.arange(W, device=q.device)
-    for c0 in range(0, len(rows), step):
-        r = torch.tensor(rows[c0 : c0 + step], device=q.device)
+    for c0 in range(0, other_rows.numel(), step):
+        r = other_rows[c0 : c0 + step]
         R = r.numel()
         idx = layout.kv_indices.index_select(1, r).long()  # (H, R, W)
         valid = slot[None, None, :] < layout.kv_num_blocks.index_select(1, r)[..., None]  # (H, R, W)

@@ -161,3 +161,14 @@ def test_environment_override_replaces_auto(layout, monkeypatch):
     monkeypatch.setenv("BIGBIRD_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
         block_sparse_attention(q, k, v, layout)
+
+
+def test_autocast_runs_the_op_in_the_autocast_dtype(layout):
+    q, k, v = make_qkv(B, H, L, D)
+    mask = make_padding_mask(B, L, block_size=BS, kind="tail")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block_sparse_attention(q, k.bfloat16(), v, layout, attention_mask=mask)  # mixed dtypes are fine here
+    assert out.dtype == torch.bfloat16
+    oracle, _ = block_sparse_attention_ref(q.double(), k.double(), v.double(), layout, mask)
+    lowp, _ = block_sparse_attention_ref(q.bfloat16(), k.bfloat16(), v.bfloat16(), layout, mask, upcast=False)
+    assert_close_by_rule(out, oracle, lowp, torch.bfloat16)

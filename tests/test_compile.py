@@ -13,7 +13,6 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from bigbird_kernels import block_sparse_attention, get_layout
-from bigbird_kernels.dispatch import get_backend
 from bigbird_kernels.nn import BlockSparseSelfAttention, block_sparse_attn_func
 from bigbird_kernels.testing import assert_close_by_rule, make_padding_mask, make_qkv
 
@@ -25,8 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
-    for name in ("cuda", "triton", "reference"):  # see test_first_compiled_call_in_a_fresh_process
-        get_backend(name)
     yield
     torch._dynamo.reset()
 
@@ -140,9 +137,6 @@ def test_compiled_module_under_autocast_bf16():
     assert_close_by_rule(out, oracle, lowp, torch.bfloat16, what="compiled module under autocast")
 
 
-@pytest.mark.xfail(reason="dispatch.get_backend imports backend modules lazily with importlib, which dynamo "
-                          "cannot trace: the first call of the op in a process must not be a compiled one",
-                   strict=False)
 def test_first_compiled_call_in_a_fresh_process():
     code = textwrap.dedent("""
         import torch

@@ -37,7 +37,6 @@ import torch
 from ..api import block_sparse_attention
 from ..dispatch import BACKEND_NAMES
 from ..layout import LAYOUT_MODES, BigBirdLayout, get_layout
-from ..nn import _preload_backends
 
 __all__ = [
     "UnsupportedTransformersError",
@@ -300,7 +299,6 @@ def patch_bigbird(model, *, backend: str = "auto", layout_mode: str = "hf"):
             f"patch_bigbird expects a transformers BigBird or BigBird-Pegasus model, got {type(model).__name__} "
             "without any BigBird attention module"
         )
-    _preload_backends(backend)
     for mod in model.modules():
         if not isinstance(mod, tuple(sparse_classes)):
             continue  # full attention (original_full) and everything else: untouched
