@@ -1,1 +1,71 @@
-"""BigBird model, tokenizer and fused block-sparse attention kernels."""
+"""BigBird for PyTorch on fused block-sparse attention, loading and saving Hugging Face checkpoints.
+
+>>> from bigbird import BigBirdConfig, BigBirdForMaskedLM
+>>> model = BigBirdForMaskedLM.from_pretrained("google/bigbird-roberta-base")   # or a local folder
+>>> out = model(input_ids, attention_mask=attention_mask)                        # out.logits
+
+Classes (parameter names equal ``transformers``' state-dict keys): :class:`BigBirdConfig`,
+:class:`BigBirdModel`, :class:`BigBirdForPreTraining`, :class:`BigBirdForMaskedLM`,
+:class:`BigBirdForCausalLM`, :class:`BigBirdForSequenceClassification`,
+:class:`BigBirdForMultipleChoice`, :class:`BigBirdForTokenClassification`,
+:class:`BigBirdForQuestionAnswering` and :class:`BigBirdTokenizer`. Every model class has
+``from_pretrained(dir_or_hub_id, *, dtype=None, device=None, local_files_only=None, revision=None,
+cache_dir=None, allow_missing=(), ignore_unexpected=(), **config_overrides)`` and
+``save_pretrained(dir)``.
+"""
+
+from .config import BigBirdConfig
+from .heads import (
+    BigBirdForCausalLM,
+    BigBirdForMaskedLM,
+    BigBirdForMultipleChoice,
+    BigBirdForPreTraining,
+    BigBirdForQuestionAnswering,
+    BigBirdForSequenceClassification,
+    BigBirdForTokenClassification,
+)
+from .modeling import BigBirdModel, BigBirdPreTrainedModel
+from .outputs import (
+    BaseModelOutputWithPooling,
+    BigBirdForPreTrainingOutput,
+    CausalLMOutput,
+    MaskedLMOutput,
+    ModelOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+__all__ = [
+    "BigBirdConfig",
+    "BigBirdPreTrainedModel",
+    "BigBirdModel",
+    "BigBirdForPreTraining",
+    "BigBirdForMaskedLM",
+    "BigBirdForCausalLM",
+    "BigBirdForSequenceClassification",
+    "BigBirdForMultipleChoice",
+    "BigBirdForTokenClassification",
+    "BigBirdForQuestionAnswering",
+    "BigBirdTokenizer",
+    "ModelOutput",
+    "BaseModelOutputWithPooling",
+    "BigBirdForPreTrainingOutput",
+    "MaskedLMOutput",
+    "CausalLMOutput",
+    "SequenceClassifierOutput",
+    "MultipleChoiceModelOutput",
+    "TokenClassifierOutput",
+    "QuestionAnsweringModelOutput",
+]
+
+
+def __getattr__(name):
+    # the tokenizer (and its optional dependencies) is imported on first use only
+    if name == "BigBirdTokenizer":
+        from .tokenizer import BigBirdTokenizer
+
+        globals()["BigBirdTokenizer"] = BigBirdTokenizer
+        return BigBirdTokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

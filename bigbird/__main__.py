@@ -1,0 +1,8 @@
+"""``python -m bigbird``: the ``bigbird`` command (see :mod:`bigbird.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Whole-model benchmark: our BigBirdModel vs transformers' BigBirdModel on the same weights.
+
+Each configuration runs in its own Python process (so peak memory is that process's alone): it loads
+the shared checkpoint, runs ``warmup`` untimed forwards and ``reps`` timed ones (eval mode,
+``torch.inference_mode``), and reports the median time and the peak memory (``ru_maxrss`` of the
+process on CPU; ``torch.cuda.max_memory_allocated`` on CUDA, with the RSS beside it). The parent
+prints a table and writes JSON::
+
+    {"meta": {device, torch, transformers, git_sha, date, cpu_threads, ...},
+     "records": [{"backend": "ours"|"transformers", "pass": "fwd", "dtype", "B", "S", "ms",
+                  "peak_mem_bytes", "status", ...}]}
+
+Usage (also ``benchmarks/bench_model.py``)::
+
+    python -m bigbird.benchmark                                  # base config, fp32, B=1, S=4096, CPU
+    python -m bigbird.benchmark --device cuda --dtype bf16 --batch 8
+
+Both processes also save their ``last_hidden_state``; the parent reports the max abs difference
+between them, so the two timings are known to compute the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["main", "run_benchmark"]
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# worker (one configuration per process)
+# --------------------------------------------------------------------------------------------------
+
+
+def _peak_rss_bytes() -> int:
+    # Linux reports ru_maxrss in KiB, macOS in bytes
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def _worker(args) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, _DTYPES[args.dtype])
+    device = torch.device(args.device)
+    rec = {"backend": args.backend, "pass": "fwd", "dtype": args.dtype, "B": args.batch, "S": args.seq_len,
+           "ms": None, "peak_mem_bytes": None, "status": "ok", "threads": torch.get_num_threads()}
+    try:
+        if args.backend == "ours":
+            import bigbird
+
+            model = bigbird.BigBirdModel.from_pretrained(args.weights, dtype=dtype, device=device,
+                                                         attention_backend=args.attention_backend)
+        else:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            model = transformers.BigBirdModel.from_pretrained(args.weights, dtype=dtype).to(device)
+        model.eval()
+        cfg = model.config
+        rec.update(H=cfg.num_attention_heads, D=cfg.hidden_size // cfg.num_attention_heads, layers=cfg.num_hidden_layers,
+                   block_size=cfg.block_size, r=cfg.num_random_blocks, hidden=cfg.hidden_size)
+        g = torch.Generator().manual_seed(1234)
+        ids = torch.randint(5, cfg.vocab_size, (args.batch, args.seq_len), generator=g).to(device)
+        mask = torch.ones(args.batch, args.seq_len, dtype=torch.long, device=device)
+
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times, cpu_times = [], []
+        with torch.inference_mode():
+            for i in range(args.warmup + args.reps):
+                sync()
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = model(input_ids=ids, attention_mask=mask)
+                sync()
+                if i >= args.warmup:
+                    times.append((time.perf_counter() - t0) * 1e3)
+                    cpu_times.append((time.process_time() - c0) * 1e3)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if args.save_output:
+            torch.save(hidden.float().cpu(), args.save_output)
+        rec["ms"] = statistics.median(times)
+        rec["ms_all"] = [round(t, 2) for t in times]
+        # CPU time of the process per forward (all threads): less sensitive than wall time to other
+        # processes competing for the cores of a shared machine
+        rec["cpu_ms"] = statistics.median(cpu_times)
+        rec["ms_min"] = min(times)
+        rec["load_avg_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        rec["rss_peak_bytes"] = _peak_rss_bytes()
+        if device.type == "cuda":
+            rec["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        else:
+            rec["peak_mem_bytes"] = rec["rss_peak_bytes"]
+    except Exception as e:  # recorded, never dropped
+        oom = isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+        rec["status"] = "oom" if oom else f"error: {type(e).__name__}: {str(e)[:300]}"
+        rec["rss_peak_bytes"] = _peak_rss_bytes()
+    return rec
+
+
+# --------------------------------------------------------------------------------------------------
+# parent
+# --------------------------------------------------------------------------------------------------
+
+
+def _make_weights(folder: Path, args) -> None:
+    """A randomly initialised transformers BigBirdModel (base config unless overridden), saved once."""
+    code = (
+        "import sys, torch, transformers\n"
+        "transformers.logging.set_verbosity_error()\n"
+        "torch.manual_seed(0)\n"
+        f"cfg = transformers.BigBirdConfig(num_hidden_layers={args.layers}, max_position_embeddings={max(4096, args.seq_len)})\n"
+        "transformers.BigBirdModel(cfg).save_pretrained(sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env=_child_env())
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _git_sha() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+        return sha + ("+dirty" if dirty.strip() else "")
+    except Exception:
+        return None
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def default_output(device: str) -> Path:
+    if device.startswith("cuda"):
+        slug = _slug(_device_name(device))
+        return REPO_ROOT / "benchmarks" / "results" / slug / f"model_{slug}.json"
+    return REPO_ROOT / "benchmarks" / "results" / "cpu" / "model_cpu.json"
+
+
+def run_benchmark(args) -> dict:
+    import torch
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    with tempfile.TemporaryDirectory(prefix="bigbird_bench_") as tmp:
+        tmp = Path(tmp)
+        weights = Path(args.weights) if args.weights else tmp / "weights"
+        if not args.weights:
+            print(f"creating random base weights ({args.layers} layers) in {weights} ...", flush=True)
+            _make_weights(weights, args)
+        runs: dict[str, list[dict]] = {b: [] for b in backends}
+        outputs = {}
+        for rnd in range(args.rounds):  # rounds alternate the processes: both see the same machine drift
+            for backend in backends:
+                runs[backend].append(_run_worker(backend, weights, tmp, args, rnd))
+                out_file = tmp / f"out_{backend}.pt"
+                if out_file.exists() and backend not in outputs:
+                    outputs[backend] = torch.load(out_file, weights_only=True)
+        records = [_merge_rounds(runs[b]) for b in backends]
+        meta = {
+            "device": _device_name(args.device),
+            "device_type": args.device,
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "git_sha": _git_sha(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpu_threads": next((r.get("threads") for r in records if r.get("threads")), torch.get_num_threads()),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "model": "BigBirdModel, random init, config: " + (
+                f"base (hidden 768, 12 heads, block 64, r 3), {args.layers} layers" if not args.weights else str(weights)),
+            "mode": "eval, torch.inference_mode, attention_mask all ones",
+            "warmup": args.warmup,
+            "reps": args.reps,
+            "rounds": args.rounds,
+            "peak_mem": "ru_maxrss of the process (CPU) / torch.cuda.max_memory_allocated (CUDA)",
+        }
+        if "ours" in outputs and "transformers" in outputs:
+            meta["max_abs_diff_last_hidden_state"] = float((outputs["ours"] - outputs["transformers"]).abs().max())
+    return {"meta": meta, "records": records}
+
+
+def _run_worker(backend: str, weights: Path, tmp: Path, args, rnd: int) -> dict:
+    out_file = tmp / f"out_{backend}.pt"
+    cmd = [sys.executable, "-m", "bigbird.benchmark", "--worker", "--backend", backend,
+           "--weights", str(weights), "--device", args.device, "--dtype", args.dtype,
+           "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--reps", str(args.reps),
+           "--warmup", str(args.warmup), "--threads", str(args.threads or 0),
+           "--attention-backend", args.attention_backend, "--save-output", str(out_file)]
+    tag = f" round {rnd + 1}/{args.rounds}" if args.rounds > 1 else ""
+    print(f"running {backend} ({args.device}, {args.dtype}, B={args.batch}, S={args.seq_len}){tag} ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
+    for line in proc.stdout.splitlines()[::-1]:
+        if line.startswith("BENCH_RECORD "):
+            return json.loads(line[len("BENCH_RECORD "):])
+    tail = (proc.stderr or proc.stdout)[-500:]
+    killed = proc.returncode in (-9, 137)
+    return {"backend": backend, "pass": "fwd", "dtype": args.dtype, "B": args.batch, "S": args.seq_len,
+            "ms": None, "peak_mem_bytes": None, "status": "oom" if killed else f"error: exit {proc.returncode}: {tail}"}
+
+
+def _merge_rounds(recs: list[dict]) -> dict:
+    """One record from the rounds of one configuration: median over every timed forward, max peak memory."""
+    ok = [r for r in recs if r.get("status") == "ok"]
+    if not ok:
+        return recs[-1]
+    rec = dict(ok[-1])
+    times = [t for r in ok for t in r["ms_all"]]
+    rec["ms_all"] = times
+    rec["ms"] = statistics.median(times)
+    rec["ms_min"] = min(times)
+    cpu = [r["cpu_ms"] for r in ok if r.get("cpu_ms") is not None]
+    if cpu:
+        rec["cpu_ms"] = statistics.median(cpu)
+    rec["peak_mem_bytes"] = max(r["peak_mem_bytes"] for r in ok)
+    rec["rss_peak_bytes"] = max(r["rss_peak_bytes"] for r in ok)
+    rec["rounds"] = len(ok)
+    rec["load_avg_1min"] = [r.get("load_avg_1min") for r in ok]
+    return rec
+
+
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:
+        return None
+
+
+def format_table(result: dict) -> str:
+    rows = [("backend", "pass", "dtype", "B", "S", "median ms", "all ms", "cpu ms", "peak MB", "status")]
+    for r in result["records"]:
+        rows.append((r["backend"], r["pass"], r["dtype"], str(r["B"]), str(r["S"]),
+                     f"{r['ms']:.0f}" if r.get("ms") else "-",
+                     " ".join(f"{t:.0f}" for t in r.get("ms_all", [])) or "-",
+                     f"{r['cpu_ms']:.0f}" if r.get("cpu_ms") else "-",
+                     f"{r['peak_mem_bytes'] / 2**20:.0f}" if r.get("peak_mem_bytes") else "-", r["status"][:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    by = {r["backend"]: r for r in result["records"]}
+    o, t = by.get("ours"), by.get("transformers")
+    if o and t and o.get("ms") and t.get("ms"):
+        cpu = f" (CPU time {t['cpu_ms'] / o['cpu_ms']:.2f}x)" if o.get("cpu_ms") and t.get("cpu_ms") else ""
+        lines.append(f"speed-up ours vs transformers: {t['ms'] / o['ms']:.2f}x{cpu}; peak memory saved: "
+                     f"{(t['peak_mem_bytes'] - o['peak_mem_bytes']) / 1e9:.2f} GB "
+                     f"({t['peak_mem_bytes'] / 2**20:.0f} -> {o['peak_mem_bytes'] / 2**20:.0f} MB)")
+    if "max_abs_diff_last_hidden_state" in result["meta"]:
+        lines.append(f"max |ours - transformers| on last_hidden_state: {result['meta']['max_abs_diff_last_hidden_state']:.3g}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bigbird-bench-model", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=12, help="encoder layers of the generated base model")
+    p.add_argument("--reps", type=int, default=3, help="timed forwards (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards first")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each configuration's process this many times, alternating (median over all)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--backends", default="ours,transformers", help="comma list of ours, transformers")
+    p.add_argument("--attention-backend", default="auto", help="our kernel backend (bigbird_kernels)")
+    p.add_argument("--weights", default=None, help="existing checkpoint folder (default: fresh random base weights)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>/model_<device>.json)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        rec = _worker(args)
+        print("BENCH_RECORD " + json.dumps(rec), flush=True)
+        return 0
+    result = run_benchmark(args)
+    print(format_table(result))
+    out = Path(args.out) if args.out else default_output(args.device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The ``bigbird`` command (also ``python -m bigbird``).
+
+    bigbird fill-mask --model DIR --text "Paris is the [MASK] of France." --top-k 3
+    bigbird embed     --model DIR --file report.txt --pooling mean
+    bigbird classify  --model DIR --jsonl reviews.jsonl --field body --output labels.jsonl
+    bigbird qa        --model DIR --file paper.txt --question "What is proposed?"
+    bigbird tokens    --model DIR --text "Hello world"
+    bigbird bench attention --quick          bigbird bench model ...          bigbird info
+
+The inference subcommands write one JSON line per input document (in input order) to stdout or
+``--output``, window documents longer than the model's positions (``--max-length``, ``--stride``) and
+merge the windows' results, batch by length, and run unchanged under ``torchrun`` (each rank takes a
+shard of the documents, rank 0 writes). Errors in the input print one line on stderr and exit 1
+(``BIGBIRD_DEBUG=1`` prints the traceback); usage errors exit 2. The logic lives in
+:mod:`bigbird.inference`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+PROG = "bigbird"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _debug() -> bool:
+    return os.environ.get("BIGBIRD_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+# ------------------------------------------------------------------------------------------------
+# the parser
+# ------------------------------------------------------------------------------------------------
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inputs (processed in this order: texts, files, JSONL lines)")
+    g.add_argument("--text", action="append", default=[], metavar="TEXT", help="an inline document (repeatable)")
+    g.add_argument("--file", action="append", default=[], metavar="PATH",
+                   help="a file holding one document, UTF-8; '-' reads stdin (repeatable)")
+    g.add_argument("--jsonl", action="append", default=[], metavar="PATH",
+                   help="a JSONL file, one document per line (its 'id' is copied to the output) (repeatable)")
+    g.add_argument("--field", default="text", help="the JSONL field holding the text (default: %(default)s)")
+
+
+def _model_options(p: argparse.ArgumentParser, *, full: bool) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, metavar="DIR_OR_HUB_ID",
+                   help="a checkpoint directory (config.json, model.safetensors, tokenizer files) or a hub id"
+                   + ("" if full else "; only its tokenizer is read"))
+    g.add_argument("--revision", help="hub revision (branch, tag or commit) for a hub id")
+    if not full:
+        return
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N (under torchrun, cuda is the local rank's GPU)")
+    g.add_argument("--dtype", default="auto", help="auto (default: bfloat16 on a GPU, else float32), float32, float16 or bfloat16")
+    g.add_argument("--backend", default=None,
+                   help="attention backend: auto, reference, sdpa, flex, triton, cuda (default: the checkpoint's)")
+    g.add_argument("--batch-size", type=int, default=8, help="rows (windows) per forward (default: %(default)s)")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="tokens per window, special tokens included (default: the model's positions)")
+    g.add_argument("--stride", type=int, default=None,
+                   help="tokens shared by consecutive windows of a long document (default: a quarter of a window)")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--output", "-o", metavar="PATH", help="write the JSON lines here instead of stdout")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+_TASK_HELP = {
+    "fill-mask": ("predict every [MASK] token",
+                  "Predict each [MASK] of each document. A mask in a long document is predicted from the window "
+                  "where it is most central.\nRecord: {index, source, num_tokens, num_windows, masks: [{position, "
+                  "window, predictions: [{token_id, token, text, score}]}]}"),
+    "embed": ("one vector per document",
+              "Embed each document: the pooled output (tanh pooler on [CLS]) or the mean of the token states. "
+              "A long document gets the mean of its windows' vectors weighted by their token counts.\n"
+              "Record: {index, source, num_tokens, num_windows, pooling, dim, embedding}"),
+    "classify": ("sequence classification",
+                 "Classify each document with a sequence-classification checkpoint. A long document gets the mean "
+                 "of its windows' logits.\nRecord: {index, source, num_tokens, num_windows, logits, probabilities, "
+                 "label_id, label, score}"),
+    "qa": ("extractive question answering",
+           "Answer --question from each document with a question-answering checkpoint: the best span over all "
+           "windows, in document token positions (as the ids of `bigbird tokens`) and characters.\nRecord: "
+           "{index, source, question, num_tokens, num_windows, answer, start, end, start_char, end_char, score, "
+           "window}"),
+    "tokens": ("token ids of each whole document",
+               "Tokenize each document ([CLS] text [SEP], never windowed).\n"
+               "Record: {index, source, num_tokens, ids, tokens}"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bigbird`` argument parser (one subparser per subcommand)."""
+    from bigbird_kernels import __version__
+
+    parser = _Parser(prog=PROG, formatter_class=_Formatter,
+                     description="BigBird on fused block-sparse attention: inference, benchmarks, environment.",
+                     epilog="Run `bigbird COMMAND --help` for a command's options. Distributed: "
+                            "`torchrun --nproc_per_node N -m bigbird COMMAND ...`. BIGBIRD_DEBUG=1 shows tracebacks.")
+    parser.add_argument("--version", action="version", version=f"bigbird {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for task, (short, long) in _TASK_HELP.items():
+        p = sub.add_parser(task, help=short, description=long, formatter_class=_Formatter)
+        _input_options(p)
+        _model_options(p, full=task != "tokens")
+        if task == "fill-mask":
+            p.add_argument("--top-k", type=int, default=5, help="predictions per [MASK] (default: %(default)s)")
+        elif task == "embed":
+            p.add_argument("--pooling", choices=("pooled", "mean"), default="pooled", help="how to pool a window (default: %(default)s)")
+        elif task == "qa":
+            p.add_argument("--question", help="the question (for every document; a JSONL line's field overrides it)")
+            p.add_argument("--question-field", default="question", help="the JSONL field holding a line's question (default: %(default)s)")
+            p.add_argument("--max-answer-length", type=int, default=30, help="longest answer span, in tokens (default: %(default)s)")
+        _output_options(p)
+        p.set_defaults(func=_run_task, task=task)
+
+    bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks of the attention op and the model.",
+                           formatter_class=_Formatter)
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    att = bench_sub.add_parser(
+        "attention", formatter_class=_Formatter, help="attention backends vs sequence length",
+        description="Time and peak memory of the attention backends (bigbird_kernels.bench): prints a table, writes "
+                    "JSON and, with matplotlib, a PNG of time and memory vs sequence length per backend. On CPU every "
+                    "configuration runs in its own process.")
+    att.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: %(default)s")
+    att.add_argument("--backends", nargs="+", metavar="NAME",
+                     help="default: reference sdpa transformers (CPU); every backend and peer (CUDA)")
+    att.add_argument("--seq-lens", nargs="+", type=int, metavar="S",
+                     help="default: 1024 2048 4096 (CPU); 1k..64k (CUDA)")
+    att.add_argument("--dtypes", nargs="+", choices=("float32", "float16", "bfloat16"),
+                     help="default: float32 (CPU), bfloat16 (CUDA)")
+    att.add_argument("--passes", nargs="+", choices=("fwd", "bwd", "fwd+bwd"), default=["fwd"], help="default: fwd")
+    att.add_argument("--batch", type=int, default=1, help="default: %(default)s")
+    att.add_argument("--heads", type=int, default=12, help="default: %(default)s")
+    att.add_argument("--head-dim", type=int, default=64, help="default: %(default)s")
+    att.add_argument("--block-size", type=int, default=64, help="default: %(default)s")
+    att.add_argument("--num-random-blocks", type=int, default=3, help="default: %(default)s")
+    att.add_argument("--reps", type=int, help="timed repetitions (default 5 on CPU, 30 on CUDA; 3 with --quick)")
+    att.add_argument("--quick", action="store_true", help="fewer repetitions")
+    att.add_argument("--out-dir", type=Path, help="default: benchmarks/results/<device slug>")
+    att.add_argument("--name", default="attention", help="file name stem of the JSON and PNG (default: %(default)s)")
+    att.add_argument("--no-save", action="store_true", help="print the table only")
+    att.set_defaults(func=_bench_attention)
+    bench_sub.add_parser("model", add_help=False, help="our model vs transformers (bigbird.benchmark; see "
+                         "`bigbird bench model --help`)")
+
+    info = sub.add_parser("info", help="versions, device, built extensions, available backends",
+                          description="Versions, device, built extensions and the available attention backends.",
+                          formatter_class=_Formatter)
+    info.set_defaults(func=_info)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------------
+
+
+def _run_task(args) -> int:
+    from .inference import Distributed, InputError, Predictor, read_documents, write_jsonl
+
+    dist = Distributed(getattr(args, "device", "cpu") if args.task != "tokens" else "cpu")
+    try:
+        docs = read_documents(args.text, args.file, args.jsonl, field=args.field,
+                              question=getattr(args, "question", None),
+                              question_field=getattr(args, "question_field", None))
+
+        def work():
+            if args.output and dist.is_main:  # fail before the model runs, not after
+                out = Path(args.output).expanduser()
+                if out.is_dir():
+                    raise InputError(f"--output {args.output!r} is a directory")
+                if not out.parent.is_dir():
+                    raise InputError(f"--output folder {str(out.parent)!r} does not exist")
+            predictor = Predictor.load(
+                args.model, args.task, device=getattr(args, "device", "cpu"), dtype=getattr(args, "dtype", "auto"),
+                backend=getattr(args, "backend", None), max_length=getattr(args, "max_length", None),
+                stride=getattr(args, "stride", None), batch_size=getattr(args, "batch_size", 8),
+                progress=not args.no_progress and dist.is_main, local_rank=dist.local_rank, revision=args.revision,
+                pooling=getattr(args, "pooling", None))
+            return predictor.run(dist.shard(docs), top_k=getattr(args, "top_k", 5),
+                                 pooling=getattr(args, "pooling", "pooled"),
+                                 max_answer_length=getattr(args, "max_answer_length", 30))
+
+        records = dist.run_and_gather(work)
+        if dist.is_main:
+            records.sort(key=lambda r: r["index"])
+            write_jsonl(records, args.output)
+        return 0
+    finally:
+        dist.close()
+
+
+def _bench_attention(args) -> int:
+    import torch
+
+    from bigbird_kernels import bench
+
+    from .inference import InputError
+
+    known = dict.fromkeys(bench.CPU_BACKENDS + bench.GPU_BACKENDS + ("reference",))
+    bad = [b for b in args.backends or () if b not in known]
+    if bad:
+        raise InputError(f"unknown benchmark backend(s) {', '.join(bad)}; expected {', '.join(known)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but torch sees no CUDA device")
+    for name in ("batch", "heads", "head_dim", "block_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+    seq_lens = args.seq_lens or ((1024, 2048, 4096) if args.device == "cpu" else
+                                 (1024, 2048, 4096, 8192, 16384, 32768, 65536))
+    bad_lens = [s for s in seq_lens if s < 1 or s % args.block_size]
+    if bad_lens:
+        raise InputError(f"--seq-lens {bad_lens} are not positive multiples of --block-size {args.block_size}")
+    reps = args.reps or (3 if args.quick else None)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = bench.run_attention_benchmark(
+        device=args.device, backends=args.backends, seq_lens=seq_lens, dtypes=args.dtypes, passes=tuple(args.passes),
+        batch=args.batch, heads=args.heads, head_dim=args.head_dim, block_size=args.block_size,
+        num_random_blocks=args.num_random_blocks, reps=reps, progress=progress)
+    print(bench.summary_table(result))
+    if not args.no_save:
+        out_dir = args.out_dir or Path("benchmarks/results") / bench.device_slug(args.device)
+        written = bench.save_results(result, out_dir, args.name)
+        for path in written:
+            print(f"wrote {path}")
+        if not any(str(p).endswith(".png") for p in written):
+            print("no PNG drawn (matplotlib is not installed, or no configuration ran)", file=sys.stderr)
+    return 0
+
+
+def _bench_model(argv: list[str]) -> int:
+    from .inference import InputError
+
+    try:
+        benchmark = importlib.import_module(f"{__package__}.benchmark")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.benchmark":
+            raise
+        raise InputError("`bench model` needs bigbird.benchmark, which this installation does not have") from None
+    try:
+        code = benchmark.main(argv)
+    except SystemExit as e:  # its --help and usage errors
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    return int(code or 0)
+
+
+def _info(args) -> int:
+    import platform
+
+    import torch
+
+    from bigbird_kernels.info import report
+
+    print(report())
+    versions = []
+    for mod in ("tokenizers", "sentencepiece", "safetensors", "huggingface_hub", "numpy", "matplotlib", "tqdm"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except Exception:  # noqa: BLE001 - optional packages
+            versions.append(f"{mod} not installed")
+    print("packages: " + ", ".join(versions))
+    dist = torch.distributed
+    backends = [name for name, ok in (("gloo", dist.is_available() and dist.is_gloo_available()),
+                                      ("nccl", dist.is_available() and dist.is_nccl_available())) if ok]
+    print(f"host: {platform.platform()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
+          f"torch.distributed backends: {', '.join(backends) or 'none'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# entry point
+# ------------------------------------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, KeyError):
+        text = f"missing key {text}"
+    return text or type(e).__name__
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from .inference import InputError
+
+    return (InputError, OSError, ValueError, ImportError, MemoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``bigbird`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    where = PROG
+    try:
+        if argv[:2] == ["bench", "model"]:
+            where = f"{PROG} bench model"
+            return _bench_model(argv[2:])
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version, usage errors
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        where = " ".join([PROG, args.command] + ([args.bench_command] if args.command == "bench" else []))
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - sorted below
+        is_oom = type(e).__name__ == "OutOfMemoryError"
+        if isinstance(e, SystemExit) or not (is_oom or isinstance(e, _expected_errors())):
+            raise  # a bug: keep the traceback
+        if _debug():
+            traceback.print_exc()
+        if os.environ.get("RANK", "0") not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            return 1  # under torchrun rank 0 reports (every rank sees every failure)
+        message = "out of memory (try a smaller --batch-size or --max-length)" if is_oom else _one_line(e)
+        print(f"{where}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

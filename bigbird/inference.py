@@ -1,0 +1,940 @@
+"""Batch inference with a BigBird checkpoint: the logic behind the ``bigbird`` command, usable from Python.
+
+What lives here (``bigbird.cli`` only parses arguments and prints):
+
+* **Inputs** -- :func:`read_documents` turns inline texts, files (one document each) and JSONL files
+  (one document per line, text in a named field) into :class:`Document` objects, in that order, and
+  rejects missing, unreadable and empty inputs with an :class:`InputError`.
+* **Windows** -- a document longer than ``max_length`` tokens (special tokens included) is split into
+  windows of content tokens that overlap by at least ``stride`` tokens (:func:`window_spans`; the last
+  window is moved back so that it is full length and ends at the document's end). Results are merged
+  per task: fill-mask predicts each ``[MASK]`` in the window where it is most central (and runs only
+  the windows that are needed), embed takes the mean of the window vectors weighted by the number of
+  tokens, classify the mean of the window logits, QA the best span over all windows, mapped back to
+  document token positions.
+* **Batching by length** -- all windows of all documents are sorted by length, cut into batches of
+  ``batch_size`` rows and the results put back in input order (:func:`plan_batches`), so padding stays
+  small. Rows that run block-sparse attention are only batched with rows of the same number of blocks:
+  the padded length -- and with it the layout, whose last block is global -- is then the one the row
+  would get alone, so a document's result does not depend on which other documents share its batch
+  (nor on the number of processes in a distributed run).
+* **Distribution** -- under ``torchrun`` (``WORLD_SIZE > 1``), :class:`Distributed` initialises
+  ``torch.distributed`` (gloo on CPU, nccl on CUDA); each rank takes every ``world_size``-th document
+  and rank 0 gathers the records (``all_gather_object``) and returns them in input order.
+
+Positions ("document token positions") index the ids the ``tokens`` task returns for the document:
+``[CLS] content [SEP]``, so the first content token is at position 1.
+
+Example::
+
+    from bigbird.inference import Predictor, read_documents
+    predictor = Predictor.load("path/to/checkpoint", task="fill-mask")
+    records = predictor.run(read_documents(texts=["Paris is the [MASK] of France."]), top_k=3)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = [
+    "InputError",
+    "Document",
+    "Window",
+    "TASKS",
+    "read_documents",
+    "window_spans",
+    "plan_batches",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_dir",
+    "check_backend",
+    "load_tokenizer",
+    "Distributed",
+    "Progress",
+    "Predictor",
+    "write_jsonl",
+]
+
+TASKS = ("fill-mask", "embed", "classify", "qa", "tokens")
+POOLINGS = ("pooled", "mean")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class InputError(ValueError):
+    """A problem with what the user asked for (a missing file, a bad option value, ...).
+
+    The command prints its message as a single line and exits non-zero, without a traceback.
+    """
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Document:
+    """One input document.
+
+    index: position in the whole input (records are written in this order).
+    text: the document's text.
+    source: where it came from: ``text[i]``, a file path, or ``path:line`` for JSONL.
+    question: the QA question for this document (JSONL field or ``--question``), if any.
+    extra: fields copied to the output record (``id`` of a JSONL line).
+    """
+
+    index: int
+    text: str
+    source: str
+    question: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_text(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{what} {path!r} does not exist")
+    if p.is_dir():
+        raise InputError(f"{what} {path!r} is a directory, expected a file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+
+
+def read_documents(
+    texts: Sequence[str] = (),
+    files: Sequence[str] = (),
+    jsonl: Sequence[str] = (),
+    *,
+    field: str = "text",
+    question: str | None = None,
+    question_field: str | None = "question",
+) -> list[Document]:
+    """Collect the documents: inline ``texts``, then each of ``files`` (one document per file), then
+    every non-blank line of each ``jsonl`` file (a JSON object whose ``field`` holds the text; its
+    ``id`` is copied to the output, and its ``question_field`` overrides ``question``).
+
+    ``"-"`` as a file or JSONL path reads standard input. Raises :class:`InputError` when nothing is
+    given, a file is missing or unreadable, a document is empty, or a JSONL line is not an object
+    with a string ``field``.
+    """
+    docs: list[Document] = []
+
+    def add(text: str, source: str, q: str | None = None, extra: dict | None = None) -> None:
+        if not text.strip():
+            raise InputError(f"{source} is empty: nothing to process")
+        docs.append(Document(len(docs), text, source, q if q is not None else question, extra or {}))
+
+    for i, t in enumerate(texts):
+        add(t, f"text[{i}]")
+    for path in files:
+        add(_read_text(path, "file"), "<stdin>" if path == "-" else path)
+    for path in jsonl:
+        content = _read_text(path, "JSONL file")
+        name = "<stdin>" if path == "-" else path
+        n_before = len(docs)
+        for line_no, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{name}:{line_no}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            if field not in obj:
+                raise InputError(f"{where}: no field {field!r} (choose another with --field)")
+            if not isinstance(obj[field], str):
+                raise InputError(f"{where}: field {field!r} must be a string, got {type(obj[field]).__name__}")
+            q = obj.get(question_field) if question_field else None
+            if q is not None and not isinstance(q, str):
+                raise InputError(f"{where}: field {question_field!r} must be a string")
+            extra = {"id": obj["id"]} if "id" in obj else {}
+            add(obj[field], where, q, extra)
+        if len(docs) == n_before:
+            raise InputError(f"JSONL file {name!r} is empty: no documents in it")
+    if not docs:
+        raise InputError("no input: give --text, --file or --jsonl")
+    return docs
+
+
+# ------------------------------------------------------------------------------------------------
+# windows and batches
+# ------------------------------------------------------------------------------------------------
+
+
+def window_spans(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the windows covering ``n`` content tokens, ``size`` tokens each.
+
+    One window when ``n <= size``. Otherwise windows start every ``size - stride`` tokens (so
+    consecutive windows share ``stride`` tokens) and the last one is moved back to end at ``n``
+    (sharing at least ``stride``), so every window is full. Needs ``0 <= stride < size``.
+    """
+    if size < 1:
+        raise InputError(f"windows need room for at least one content token, got {size}")
+    if not 0 <= stride < size:
+        raise InputError(f"stride {stride} must be >= 0 and smaller than the {size} content tokens of a window")
+    if n <= size:
+        return [(0, n)]
+    step = size - stride
+    spans = []
+    start = 0
+    while start + size < n:
+        spans.append((start, start + size))
+        start += step
+    spans.append((n - size, n))
+    return spans
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, key: Callable[[int], Any] | None = None) -> list[list[int]]:
+    """Group row indices into batches of at most ``batch_size`` rows of similar length.
+
+    Rows are sorted by length (longest first, stable); a batch never mixes rows whose ``key(length)``
+    differ. Returns lists of row indices; callers scatter the results back by index.
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    key = key or (lambda _n: 0)
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_key = None
+    for i in order:
+        k = key(lengths[i])
+        if current and (len(current) == batch_size or k != current_key):
+            batches.append(current)
+            current = []
+        current.append(i)
+        current_key = k
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class Window:
+    """One model input row: a window of a document's content tokens with special tokens around it.
+
+    doc: index into the local document list. number: the window's number within its document.
+    input_ids: the row (``[CLS] content[start:stop] [SEP]`` or ``[CLS] q [SEP] content[start:stop] [SEP]``).
+    start, stop: the windowed content tokens. offset: row position of ``content[start]``.
+    """
+
+    doc: int
+    number: int
+    input_ids: list[int]
+    start: int
+    stop: int
+    offset: int
+
+
+# ------------------------------------------------------------------------------------------------
+# environment: device, dtype, backend, model folder, tokenizer
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None):
+    """A ``torch.device`` from ``auto``/``cpu``/``cuda``/``cuda:N`` (``cuda`` under torchrun: the
+    local rank's GPU)."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} asked for, but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", local_rank or 0)
+        if device.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif device.type != "cpu":
+        raise InputError(f"device type {device.type!r} is not supported; expected cpu or cuda")
+    return device
+
+
+def resolve_dtype(name: str, device):
+    """``float32``/``float16``/``bfloat16`` (also ``fp32``/``fp16``/``bf16``); ``auto`` is bfloat16
+    on a GPU that supports it and float32 otherwise."""
+    import torch
+
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
+    name = aliases.get(name, name)
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in ("float32", "float16", "bfloat16"):
+        raise InputError(f"unknown dtype {name!r}; expected auto, float32, float16 or bfloat16")
+    return getattr(torch, name)
+
+
+def check_backend(name: str, device, dtype, head_dim: int = 64, block_size: int = 64, num_random_blocks: int = 3) -> str:
+    """Validate an attention backend name (``auto`` or a known backend able to run on ``device``
+    and ``dtype``); returns the name."""
+    from bigbird_kernels.dispatch import BACKEND_NAMES, AttentionInputs, not_supported_reasons
+
+    if name == "auto":
+        return name
+    if name not in BACKEND_NAMES:
+        raise InputError(f"unknown backend {name!r}; expected auto, {', '.join(BACKEND_NAMES)}")
+    probe = AttentionInputs(device=device, dtype=dtype, batch=1, num_heads=1, seq_len=16 * block_size,
+                            head_dim=head_dim, block_size=block_size, num_random_blocks=num_random_blocks,
+                            requires_grad=False, has_mask=True, deterministic=False)
+    reasons = not_supported_reasons(name, probe)
+    if reasons:
+        raise InputError(f"backend {name!r} cannot run here ({device.type}, {str(dtype).replace('torch.', '')}): "
+                         + "; ".join(reasons))
+    return name
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~")) and ".." not in name
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_model_dir(name: str, *, need_weights: bool = True, revision: str | None = None) -> tuple[Path, Path]:
+    """The local folders ``(checkpoint, tokenizer)`` of ``--model``: an existing directory holding a
+    checkpoint and its tokenizer (the same folder twice), or a hub id whose files are fetched into --
+    or, offline, found in -- the Hugging Face cache.
+
+    Raises :class:`InputError` for a missing path, a folder without a checkpoint, or a hub id that
+    cannot be fetched (e.g. not cached while ``HF_HUB_OFFLINE=1``).
+    """
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise InputError(f"--model {name!r} is a file; expected a checkpoint directory or a hub id")
+        if need_weights:
+            if not (p / "config.json").is_file():
+                raise InputError(f"directory {name!r} holds no checkpoint (no config.json)")
+            if not any((p / w).is_file() for w in _WEIGHT_FILES):
+                raise InputError(f"directory {name!r} holds no checkpoint weights (no model.safetensors or "
+                                 "pytorch_model.bin)")
+        elif not any((p / t).is_file() for t in _TOKENIZER_FILES[:2]):
+            raise InputError(f"directory {name!r} holds no tokenizer (no tokenizer.json or spiece.model)")
+        return p, p
+    if not _looks_like_hub_id(name):
+        raise InputError(f"model directory {name!r} does not exist")
+    return _fetch_from_hub(name, need_weights=need_weights, revision=revision)
+
+
+def _fetch_from_hub(name: str, *, need_weights: bool, revision: str | None) -> tuple[Path, Path]:
+    """Tokenizer files (and config + weights) of hub model ``name``; returns their snapshot folders."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    offline = _offline()
+
+    def fail(e: Exception) -> InputError:
+        if offline:
+            return InputError(f"model {name!r} is not a local directory and not in the Hugging Face cache "
+                              "(HF_HUB_OFFLINE is set, so it cannot be downloaded)")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return InputError(f"cannot fetch model {name!r} from the Hugging Face hub: {first}")
+
+    folder = None
+    for filename in _TOKENIZER_FILES:
+        try:
+            folder = Path(hf_hub_download(name, filename, revision=revision, local_files_only=offline)).parent
+        except LocalEntryNotFoundError as e:
+            if filename == _TOKENIZER_FILES[-1] and folder is None:
+                raise fail(e) from None
+        except EntryNotFoundError:
+            continue  # the repository exists but has no such file
+        except (OSError, ValueError) as e:  # no such repository, no network, bad id, ...
+            raise fail(e) from None
+    if folder is None:
+        raise InputError(f"hub model {name!r} has no tokenizer files (tokenizer.json or spiece.model)")
+    if not need_weights:
+        return folder, folder
+    from .checkpoint import resolve_checkpoint_dir
+
+    try:
+        return resolve_checkpoint_dir(name, revision=revision, local_files_only=offline), folder
+    except (OSError, ValueError) as e:
+        raise fail(e) from None
+
+
+def load_tokenizer(folder: Path):
+    """``BigBirdTokenizer.from_pretrained(folder)``, with missing files reported as :class:`InputError`."""
+    from .tokenizer import BigBirdTokenizer
+
+    if not any((folder / t).is_file() for t in _TOKENIZER_FILES[:2]):
+        raise InputError(f"{str(folder)!r} holds no tokenizer (no tokenizer.json or spiece.model)")
+    return BigBirdTokenizer.from_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------------
+# distribution and progress
+# ------------------------------------------------------------------------------------------------
+
+
+class Distributed:
+    """``torch.distributed`` when launched by ``torchrun`` with ``WORLD_SIZE > 1``, else a single process.
+
+    ``rank``/``world_size``/``local_rank``; :meth:`shard` takes this rank's items (strided by rank);
+    :meth:`gather` returns every rank's items on rank 0 (None elsewhere).
+    """
+
+    def __init__(self, device_name: str = "auto"):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        self.rank = int(os.environ.get("RANK", "0") or 0)
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        self.initialised_here = False
+        if self.world_size > 1:
+            import datetime
+
+            import torch
+            import torch.distributed as dist
+
+            want_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+            backend = "nccl" if want_cuda else "gloo"
+            if want_cuda:
+                torch.cuda.set_device(self.local_rank)
+            if not dist.is_initialized():
+                timeout = datetime.timedelta(seconds=float(os.environ.get("BIGBIRD_DIST_TIMEOUT", "1800")))
+                dist.init_process_group(backend=backend, timeout=timeout)
+                self.initialised_here = True
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: Sequence) -> list:
+        return list(items[self.rank :: self.world_size])
+
+    def gather(self, items: list) -> list | None:
+        if self.world_size == 1:
+            return list(items)
+        import torch.distributed as dist
+
+        parts: list = [None] * self.world_size
+        dist.all_gather_object(parts, items)
+        if not self.is_main:
+            return None
+        return [x for part in parts for x in part]
+
+    def run_and_gather(self, fn: Callable[[], list]) -> list | None:
+        """Run ``fn`` on every rank and gather its items on rank 0 (None elsewhere).
+
+        If ``fn`` raises on any rank, every rank raises (no rank is left waiting in the collective): the
+        failing rank re-raises its own exception, the others an :class:`InputError` (for input errors)
+        or ``RuntimeError`` naming the failing rank and its message.
+        """
+        if self.world_size == 1:
+            return list(fn())
+        import torch.distributed as dist
+
+        try:
+            items, failure, error = list(fn()), None, None
+        except Exception as e:  # noqa: BLE001 - reported to every rank below
+            items, error = None, e
+            failure = (isinstance(e, InputError), f"{type(e).__name__}: {' '.join(str(e).split())}")
+        parts: list = [None] * self.world_size
+        dist.all_gather_object(parts, (items, failure))
+        if error is not None:
+            raise error
+        for rank, (_, fail) in enumerate(parts):
+            if fail is not None:
+                is_input, message = fail
+                raise (InputError if is_input else RuntimeError)(f"rank {rank} failed: {message}")
+        if not self.is_main:
+            return None
+        return [x for part, _ in parts for x in part]
+
+    def close(self) -> None:
+        if self.initialised_here:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                # every rank reaches close() after the last collective; the barrier keeps one rank from
+                # tearing the group down while another still uses it (gloo aborts the process otherwise)
+                try:
+                    dist.barrier()
+                finally:
+                    dist.destroy_process_group()
+            self.initialised_here = False
+
+
+class Progress:
+    """A progress bar on stderr over ``total`` steps: tqdm when installed, else a one-line counter.
+    Silent when ``enabled`` is False or there is at most one step."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, stream=None):
+        self.total, self.desc, self.count = total, desc, 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 1
+        self._bar = None
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc=desc, unit="batch", file=self.stream, leave=False)
+            except ImportError:
+                self._draw()
+
+    def _draw(self) -> None:
+        width = 30
+        done = int(width * self.count / max(self.total, 1))
+        self.stream.write(f"\r{self.desc}: [{'#' * done}{'.' * (width - done)}] {self.count}/{self.total} batches")
+        self.stream.flush()
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+        else:
+            self._draw()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.enabled = False
+
+
+# ------------------------------------------------------------------------------------------------
+# the predictor
+# ------------------------------------------------------------------------------------------------
+
+
+def _model_class(task: str):
+    if task == "embed":
+        from .modeling import BigBirdModel
+
+        return BigBirdModel
+    from . import heads
+
+    return {
+        "fill-mask": heads.BigBirdForMaskedLM,
+        "classify": heads.BigBirdForSequenceClassification,
+        "qa": heads.BigBirdForQuestionAnswering,
+    }[task]
+
+
+class Predictor:
+    """A tokenizer, optionally a model for one task, and the settings of a run.
+
+    Build with :meth:`load`; :meth:`run` turns documents into one JSON-ready record per document.
+    """
+
+    def __init__(self, task: str, tokenizer, model=None, *, device=None, dtype=None, max_length: int | None = None,
+                 stride: int | None = None, batch_size: int = 8, progress: bool = True):
+        if task not in TASKS:
+            raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        import torch
+
+        self.task = task
+        self.tokenizer = tokenizer
+        self.model = model
+        self.device = device or torch.device("cpu")
+        self.dtype = dtype or torch.float32
+        self.batch_size = batch_size
+        self.progress = progress
+        self.config = getattr(model, "config", None)
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+        if task != "tokens":
+            limit = self.position_limit()
+            if max_length is None:
+                max_length = limit
+            elif max_length > limit:
+                raise InputError(f"--max-length {max_length} exceeds the model's {limit} positions")
+            if max_length < 3:
+                raise InputError(f"--max-length must be >= 3 (room for [CLS], [SEP] and a token), got {max_length}")
+            if stride is not None and stride < 0:
+                raise InputError(f"--stride must be >= 0, got {stride}")
+        self.max_length = max_length
+        self.stride = stride
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model: str, task: str, *, device: str = "auto", dtype: str = "auto", backend: str | None = None,
+             max_length: int | None = None, stride: int | None = None, batch_size: int = 8, progress: bool = True,
+             local_rank: int | None = None, revision: str | None = None, pooling: str | None = None) -> "Predictor":
+        """Resolve ``model`` (folder or hub id), load its tokenizer and -- unless ``task`` is ``tokens``
+        -- the task's model class once, on ``device`` in ``dtype``, in eval mode. ``backend`` (an
+        attention backend name or ``auto``) replaces the checkpoint's ``attention_backend``. With
+        ``task="embed"`` and ``pooling="mean"`` a checkpoint without pooler weights (question answering)
+        loads too (the pooler, unused, is initialised)."""
+        from .config import BigBirdConfig
+
+        folder, tokenizer_folder = resolve_model_dir(model, need_weights=task != "tokens", revision=revision)
+        tokenizer = load_tokenizer(tokenizer_folder)
+        if task == "tokens":
+            return cls(task, tokenizer, None, batch_size=batch_size, progress=progress)
+        dev = resolve_device(device, local_rank)
+        dt = resolve_dtype(dtype, dev)
+        cfg = BigBirdConfig.from_pretrained(folder)
+        overrides = {}
+        if backend is not None:
+            check_backend(backend, dev, dt, cfg.hidden_size // cfg.num_attention_heads, cfg.block_size,
+                          cfg.num_random_blocks)
+            overrides["attention_backend"] = backend
+        if cfg.vocab_size < tokenizer.vocab_size:
+            raise InputError(f"the tokenizer in {str(tokenizer_folder)!r} has {tokenizer.vocab_size} ids but the model "
+                             f"only {cfg.vocab_size}")
+        if task == "embed" and pooling == "mean":
+            overrides["allow_missing"] = ("pooler.*",)  # a pooler that mean pooling never uses
+        try:
+            net = _model_class(task).from_pretrained(folder, dtype=dt, device=dev, **overrides).eval()
+        except ValueError as e:
+            if task == "embed" and "pooler" in str(e) and "missing" in str(e):
+                raise InputError("this checkpoint has no pooler weights (a question-answering model?): "
+                                 "use --pooling mean") from e
+            raise
+        return cls(task, tokenizer, net, device=dev, dtype=dt, max_length=max_length, stride=stride,
+                   batch_size=batch_size, progress=progress)
+
+    def position_limit(self) -> int:
+        """The longest row (special tokens included) the model can take: ``max_position_embeddings``,
+        rounded down to a block multiple for block-sparse models (rows are padded to one)."""
+        c = self.config
+        if c is None:
+            return 1 << 62
+        if c.attention_type == "block_sparse":
+            return c.max_position_embeddings - c.max_position_embeddings % c.block_size
+        return c.max_position_embeddings
+
+    def _bucket(self, length: int):
+        """Batch key: rows running block-sparse attention only batch with rows of as many blocks."""
+        c = self.config
+        if c is None or c.attention_type != "block_sparse" or length <= c.short_input_threshold:
+            return -1
+        return -(-length // c.block_size)
+
+    # -- tokenization and windows ------------------------------------------------------------------
+
+    def _encode(self, texts: list[str]):
+        return self.tokenizer.backend.encode_batch(texts, add_special_tokens=False)
+
+    def _windows(self, doc_i: int, content: list[int], prefix: list[int] | None = None) -> list[Window]:
+        tok = self.tokenizer
+        head = [tok.cls_token_id] + ([*prefix, tok.sep_token_id] if prefix is not None else [])
+        size = self.max_length - len(head) - 1
+        if size < 1:
+            raise InputError(f"the question takes {len(prefix or [])} tokens, leaving no room for the document "
+                             f"within --max-length {self.max_length}")
+        stride = self.stride if self.stride is not None else size // 4
+        if stride >= size:
+            raise InputError(f"--stride {stride} must be smaller than the {size} document tokens a window holds "
+                             f"(--max-length {self.max_length})")
+        return [
+            Window(doc_i, w, head + content[s:e] + [tok.sep_token_id], s, e, len(head))
+            for w, (s, e) in enumerate(window_spans(len(content), size, stride))
+        ]
+
+    # -- running rows ----------------------------------------------------------------------------
+
+    def _run_rows(self, rows: list[Window], fn: Callable, desc: str) -> list:
+        """``fn(input_ids, attention_mask, row_indices)`` on length-sorted batches, returning one result
+        per row of the batch; the results come back in row order."""
+        import torch
+
+        out: list = [None] * len(rows)
+        batches = plan_batches([len(r.input_ids) for r in rows], self.batch_size, self._bucket)
+        bar = Progress(len(batches), desc, enabled=self.progress)
+        try:
+            for batch in batches:
+                width = max(len(rows[i].input_ids) for i in batch)
+                ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for j, i in enumerate(batch):
+                    n = len(rows[i].input_ids)
+                    ids[j, :n] = torch.tensor(rows[i].input_ids)
+                    mask[j, :n] = 1
+                with torch.inference_mode():
+                    results = fn(ids.to(self.device), mask.to(self.device), batch)
+                for i, r in zip(batch, results):
+                    out[i] = r
+                bar.update()
+        finally:
+            bar.close()
+        return out
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    def run(self, docs: Sequence[Document], *, top_k: int = 5, pooling: str = "pooled",
+            max_answer_length: int = 30) -> list[dict]:
+        """One record per document, in the order of ``docs``."""
+        if not docs:
+            return []
+        if self.task == "tokens":
+            records = self._tokens(docs)
+        elif self.task == "fill-mask":
+            if top_k < 1:
+                raise InputError(f"--top-k must be >= 1, got {top_k}")
+            records = self._fill_mask(docs, top_k)
+        elif self.task == "embed":
+            if pooling not in POOLINGS:
+                raise InputError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+            records = self._embed(docs, pooling)
+        elif self.task == "classify":
+            records = self._classify(docs)
+        else:
+            if max_answer_length < 1:
+                raise InputError(f"--max-answer-length must be >= 1, got {max_answer_length}")
+            records = self._qa(docs, max_answer_length)
+        return [{"index": d.index, **d.extra, "source": d.source, **r} for d, r in zip(docs, records)]
+
+    def _tokens(self, docs):
+        tok = self.tokenizer
+        out = []
+        for enc in self._encode([d.text for d in docs]):
+            ids = [tok.cls_token_id, *enc.ids, tok.sep_token_id]
+            out.append({"num_tokens": len(ids), "ids": ids, "tokens": tok.convert_ids_to_tokens(ids)})
+        return out
+
+    def _fill_mask(self, docs, top_k):
+        import torch
+
+        tok = self.tokenizer
+        mask_id = tok.mask_token_id
+        encs = self._encode([d.text for d in docs])
+        rows: list[Window] = []
+        wanted: list[list[int]] = []  # per row: content positions of the masks predicted there
+        per_doc: list[dict] = []
+        for i, (d, enc) in enumerate(zip(docs, encs)):
+            content = list(enc.ids)
+            masks = [j for j, t in enumerate(content) if t == mask_id]
+            if not masks:
+                raise InputError(f"{d.source} has no {tok.special_tokens['mask_token']} token to fill")
+            windows = self._windows(i, content)
+            choice: dict[int, list[int]] = {}
+            for j in masks:
+                best = max(range(len(windows)),
+                           key=lambda w: (min(j - windows[w].start, windows[w].stop - 1 - j), -w)
+                           if windows[w].start <= j < windows[w].stop else (-1, -w))
+                choice.setdefault(best, []).append(j)
+            for w, js in sorted(choice.items()):
+                rows.append(windows[w])
+                wanted.append(js)
+            per_doc.append({"num_tokens": len(content) + 2, "num_windows": len(windows), "masks": {}})
+        k = min(top_k, self.config.vocab_size)
+
+        def fn(ids, mask, batch):
+            b_idx, p_idx = [], []
+            for b, i in enumerate(batch):
+                for j in wanted[i]:
+                    b_idx.append(b)
+                    p_idx.append(rows[i].offset + j - rows[i].start)
+            logits = _mlm_logits_at(self.model, ids, mask, b_idx, p_idx).float()
+            probs = torch.softmax(logits, dim=-1)
+            scores, top = probs.topk(k, dim=-1)
+            res = [[] for _ in batch]
+            for n, b in enumerate(b_idx):
+                res[b].append((scores[n].tolist(), top[n].tolist()))
+            return res
+
+        results = self._run_rows(rows, fn, "fill-mask")
+        for r, js, res in zip(rows, wanted, results):
+            for j, (scores, ids) in zip(js, res):
+                per_doc[r.doc]["masks"][j] = {
+                    "position": j + 1,
+                    "window": r.number,
+                    "predictions": [
+                        {"token_id": t, "token": tok.convert_ids_to_tokens(t), "text": tok.decode([t]).strip(), "score": s}
+                        for t, s in zip(ids, scores)
+                    ],
+                }
+        for rec in per_doc:
+            rec["masks"] = [rec["masks"][j] for j in sorted(rec["masks"])]
+        return per_doc
+
+    def _embed(self, docs, pooling):
+        import torch
+
+        encs = self._encode([d.text for d in docs])
+        rows = [w for i, enc in enumerate(encs) for w in self._windows(i, list(enc.ids))]
+        if pooling == "pooled" and getattr(self.model, "pooler", None) is None:
+            raise InputError("this checkpoint has no pooler: use --pooling mean")
+
+        def fn(ids, mask, _rows):
+            out = self.model(input_ids=ids, attention_mask=mask)
+            if pooling == "pooled":
+                vec = out.pooler_output.float()
+            else:
+                m = mask[:, :, None].float()
+                vec = (out.last_hidden_state.float() * m).sum(1) / m.sum(1)
+            return list(vec.cpu())
+
+        vecs = self._run_rows(rows, fn, "embed")
+        sums: dict[int, Any] = {}
+        weights: dict[int, int] = {}
+        counts: dict[int, int] = {}
+        for r, v in zip(rows, vecs):
+            n = len(r.input_ids)
+            sums[r.doc] = sums.get(r.doc, 0) + v.double() * n
+            weights[r.doc] = weights.get(r.doc, 0) + n
+            counts[r.doc] = counts.get(r.doc, 0) + 1
+        out = []
+        for i, enc in enumerate(encs):
+            vec = (sums[i] / weights[i]).float()
+            out.append({"num_tokens": len(enc.ids) + 2, "num_windows": counts[i], "pooling": pooling,
+                        "dim": int(vec.numel()), "embedding": vec.tolist()})
+        return out
+
+    def _classify(self, docs):
+        import torch
+
+        encs = self._encode([d.text for d in docs])
+        rows = [w for i, enc in enumerate(encs) for w in self._windows(i, list(enc.ids))]
+
+        def fn(ids, mask, _rows):
+            return list(self.model(input_ids=ids, attention_mask=mask).logits.float().cpu())
+
+        logits = self._run_rows(rows, fn, "classify")
+        per_doc: dict[int, list] = {}
+        for r, lg in zip(rows, logits):
+            per_doc.setdefault(r.doc, []).append(lg)
+        c = self.config
+        id2label = getattr(c, "id2label", None) or {}
+        out = []
+        for i, enc in enumerate(encs):
+            mean = torch.stack(per_doc[i]).double().mean(0).float()
+            rec = {"num_tokens": len(enc.ids) + 2, "num_windows": len(per_doc[i]), "logits": mean.tolist()}
+            if getattr(c, "problem_type", None) == "regression":
+                out.append(rec)
+                continue
+            if getattr(c, "problem_type", None) == "multi_label_classification":
+                probs = torch.sigmoid(mean)
+                rec["labels"] = [id2label.get(j, str(j)) for j in range(mean.numel()) if probs[j] > 0.5]
+            else:
+                probs = torch.softmax(mean, dim=-1)
+            best = int(mean.argmax())
+            rec.update(probabilities=probs.tolist(), label_id=best, label=id2label.get(best, str(best)),
+                       score=float(probs[best]))
+            out.append(rec)
+        return out
+
+    def _qa(self, docs, max_answer_length):
+        import torch
+
+        tok = self.tokenizer
+        for d in docs:
+            if d.question is None or not d.question.strip():
+                raise InputError(f"{d.source} has no question: give --question (or a 'question' field in JSONL)")
+        encs = self._encode([d.text for d in docs])
+        qencs = self._encode([d.question for d in docs])
+        rows = [w for i, (enc, q) in enumerate(zip(encs, qencs)) for w in self._windows(i, list(enc.ids), list(q.ids))]
+
+        def fn(ids, mask, batch):
+            out = self.model(input_ids=ids, attention_mask=mask)
+            res = []
+            for b, r in enumerate(rows[i] for i in batch):
+                n = r.stop - r.start
+                s = out.start_logits[b, r.offset : r.offset + n].float().cpu()
+                e = out.end_logits[b, r.offset : r.offset + n].float().cpu()
+                res.append(_best_span(s, e, max_answer_length))
+            return res
+
+        spans = self._run_rows(rows, fn, "qa")
+        best: dict[int, tuple] = {}
+        counts: dict[int, int] = {}
+        for r, (score, i, j) in zip(rows, spans):
+            counts[r.doc] = counts.get(r.doc, 0) + 1
+            cand = (score, r.start + i, r.start + j, r.number)
+            if r.doc not in best or score > best[r.doc][0]:
+                best[r.doc] = cand
+        out = []
+        for i, (d, enc) in enumerate(zip(docs, encs)):
+            score, s, e, w = best[i]
+            start_char, end_char = enc.offsets[s][0], enc.offsets[e][1]
+            out.append({
+                "question": d.question,
+                "num_tokens": len(enc.ids) + 2,
+                "num_windows": counts[i],
+                "answer": d.text[start_char:end_char].strip(),
+                "start": s + 1,
+                "end": e + 1,
+                "start_char": start_char,
+                "end_char": end_char,
+                "score": score,
+                "window": w,
+            })
+        return out
+
+
+def _best_span(start_logits, end_logits, max_len: int) -> tuple[float, int, int]:
+    """``(score, i, j)`` maximising ``start[i] + end[j]`` with ``i <= j < i + max_len``."""
+    import torch
+
+    n = start_logits.numel()
+    best = (-math.inf, 0, 0)
+    for d in range(min(max_len, n)):
+        scores = start_logits[: n - d] + end_logits[d:]
+        i = int(torch.argmax(scores))
+        if float(scores[i]) > best[0]:
+            best = (float(scores[i]), i, i + d)
+    return best
+
+
+def _mlm_logits_at(model, ids, mask, b_idx: list[int], p_idx: list[int]):
+    """MLM logits at the given (row, position) pairs only: the vocabulary projection of every
+    position would be ``B x L x vocab`` (825 MB per 4096-token row of the base model)."""
+    import torch
+
+    b = torch.tensor(b_idx, device=ids.device, dtype=torch.long)
+    p = torch.tensor(p_idx, device=ids.device, dtype=torch.long)
+    encoder, head = getattr(model, "bert", None), getattr(model, "cls", None)
+    if encoder is not None and head is not None:
+        try:
+            hidden = encoder(input_ids=ids, attention_mask=mask, compute_pooler=False).last_hidden_state
+        except TypeError:
+            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return head(hidden[b, p])
+    return model(input_ids=ids, attention_mask=mask).logits[b, p]
+
+
+# ------------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------------
+
+
+def write_jsonl(records: Iterable[dict], path: str | None = None) -> None:
+    """JSON lines to ``path`` (``None`` or ``-``: standard output)."""
+    if path in (None, "-"):
+        for rec in records:
+            sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    p = Path(path).expanduser()
+    if p.parent and not p.parent.exists():
+        raise InputError(f"output folder {str(p.parent)!r} does not exist")
+    try:
+        with p.open("w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    except IsADirectoryError:
+        raise InputError(f"--output {path!r} is a directory") from None

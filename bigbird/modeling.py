@@ -1,0 +1,695 @@
+"""The BigBird encoder: embeddings, attention, post-LN layers, pooler and :class:`BigBirdModel`.
+
+Module and parameter names equal Hugging Face's (``embeddings.word_embeddings``,
+``encoder.layer.{i}.attention.self.query``, ``pooler`` as a bare ``Linear``, ...), so a
+``transformers`` state dict maps onto ours key for key (see :mod:`bigbird.checkpoint`).
+
+What one forward does (``hf_bigbird_behaviour.md`` sections 1, 3, 4):
+
+* **Attention type, per call.** ``attention_type="block_sparse"`` runs
+  :func:`bigbird_kernels.block_sparse_attention` when the un-padded length ``n`` exceeds
+  ``(5 + 2 r) * block_size``; shorter inputs run full attention *for that call only* (Hugging Face
+  switches the whole model to full attention permanently; we do not). ``"original_full"`` always runs
+  full attention (``torch.nn.functional.scaled_dot_product_attention``; additive ``finfo.min`` on
+  padded keys; padded queries are not zeroed; attention-probability dropout in training), as does a
+  decoder (``is_decoder=True`` or :class:`~bigbird.heads.BigBirdForCausalLM`), which is always causal.
+* **Padding.** Block-sparse calls pad on the right to a block multiple (ids with ``pad_token_id``,
+  mask with 0, token types with 0, given position ids with ``pad_token_id``; default position ids run
+  ``0..L-1`` over the padded length; ``inputs_embeds`` are extended with the embedding of the pad
+  token, as Hugging Face does) and un-pad ``last_hidden_state``, ``hidden_states`` and
+  ``attentions`` (Hugging Face un-pads only the first).
+* **Layouts.** Layer ``i`` reads ``bigbird_kernels.get_layout(config.layout_mode, layer_idx=i, ...)``
+  for the padded length and ``self.training``; ``"hf"`` reproduces Hugging Face bit for bit.
+* **Attentions** (``output_attentions=True`` only): for block-sparse layers the true probabilities,
+  a dense ``(B, H, n, n)`` tensor computed from the scores, the ``log(count)`` bias of duplicated
+  blocks (duplicates summed) and the key mask; rows of padded queries are 0. Hugging Face's matrix
+  overwrites duplicates and is built on every call; ours only when asked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bigbird_kernels import BigBirdLayout, block_sparse_attention, get_layout
+
+from .config import BigBirdConfig
+from .outputs import BaseModelOutputWithPooling
+
+__all__ = [
+    "BigBirdPreTrainedModel",
+    "BigBirdModel",
+    "BigBirdEmbeddings",
+    "BigBirdSelfAttention",
+    "BigBirdAttention",
+    "BigBirdLayer",
+    "BigBirdEncoder",
+    "get_activation",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# activations (names as in transformers' ACT2FN)
+# --------------------------------------------------------------------------------------------------
+
+
+def _gelu_python(x):
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_fast(x):
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def _gelu_accurate(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_python": _gelu_python,
+    # gelu_new is the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": _gelu_fast,
+    "gelu_accurate": _gelu_accurate,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+    "mish": F.mish,
+    "leaky_relu": F.leaky_relu,
+}
+
+
+def get_activation(name: str):
+    """The activation function called ``name`` (``transformers`` naming)."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+class BigBirdEmbeddings(nn.Module):
+    """word + token type + position embeddings, then dropout, then LayerNorm (dropout first, as HF)."""
+
+    def __init__(self, config: BigBirdConfig):
+        super().__init__()
+        h = config.hidden_size
+        # _weight skips nn.Embedding's own init: init_weights() initialises every weight once (and on the
+        # meta device, used by from_pretrained, torch's normal_ would allocate the full table on the host)
+        self.word_embeddings = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id,
+                                            _weight=torch.empty(config.vocab_size, h))
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, h,
+                                                _weight=torch.empty(config.max_position_embeddings, h))
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h, _weight=torch.empty(config.type_vocab_size, h))
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.rescale_embeddings = config.rescale_embeddings
+        self.hidden_size = config.hidden_size
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        B, S = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        if position_ids is None:
+            position_ids = torch.arange(S, device=device)[None, :]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(1, S, dtype=torch.long, device=device)
+        if self.rescale_embeddings:
+            inputs_embeds = inputs_embeds * (self.hidden_size**0.5)
+        x = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)
+        x = self.dropout(x)
+        return self.LayerNorm(x)
+
+
+@dataclass
+class _AttentionPlan:
+    """How the attention of one forward runs (shared by every layer)."""
+
+    sparse: bool  # block-sparse kernel (else full attention)
+    key_mask: torch.Tensor | None  # (B, L) bool, True = real token; None = no padding (sparse path)
+    additive_mask: torch.Tensor | None  # full path: (B, 1, 1|L, L) additive, finfo.min where masked
+    causal: bool  # full path without padding: SDPA's is_causal
+    output_attentions: bool
+    n: int  # un-padded length (attentions are cropped to it)
+    backend: str
+
+
+class BigBirdSelfAttention(nn.Module):
+    """``query``/``key``/``value`` projections; block-sparse or full attention over them."""
+
+    def __init__(self, config: BigBirdConfig, layer_idx: int):
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = config.hidden_size
+        self.layer_idx = layer_idx
+        self.query = nn.Linear(config.hidden_size, self.all_head_size, bias=config.use_bias)
+        self.key = nn.Linear(config.hidden_size, self.all_head_size, bias=config.use_bias)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size, bias=config.use_bias)
+        self.attention_probs_dropout_prob = config.attention_probs_dropout_prob
+
+    def _heads(self, x):
+        B, S, _ = x.shape
+        return x.view(B, S, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+    def forward(self, hidden_states, plan: _AttentionPlan, layout: BigBirdLayout | None):
+        B, S, _ = hidden_states.shape
+        q = self._heads(self.query(hidden_states))
+        k = self._heads(self.key(hidden_states))
+        v = self._heads(self.value(hidden_states))
+        scale = 1.0 / math.sqrt(self.attention_head_size)
+        probs = None
+        if plan.sparse:
+            ctx = block_sparse_attention(q, k, v, layout, attention_mask=plan.key_mask, scale=scale, backend=plan.backend)
+            if plan.output_attentions:
+                probs = _block_sparse_probs(q, k, layout, plan.key_mask, scale, plan.n)
+        else:
+            p_drop = self.attention_probs_dropout_prob if self.training else 0.0
+            if plan.output_attentions:
+                s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
+                if plan.additive_mask is not None:
+                    s = s + plan.additive_mask
+                elif plan.causal:
+                    s = s.masked_fill(~_causal_bool(S, s.device), torch.finfo(s.dtype).min)
+                probs = torch.softmax(s, dim=-1)
+                probs = F.dropout(probs, p_drop, self.training)
+                ctx = torch.matmul(probs, v)
+            else:
+                mask = plan.additive_mask.to(q.dtype) if plan.additive_mask is not None else None
+                ctx = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=plan.causal and mask is None, scale=scale
+                )
+        ctx = ctx.transpose(1, 2).reshape(B, S, self.all_head_size)
+        return ctx, probs
+
+
+def _causal_bool(S: int, device) -> torch.Tensor:
+    return torch.ones(S, S, dtype=torch.bool, device=device).tril()
+
+
+def _block_sparse_probs(q, k, layout: BigBirdLayout, key_mask, scale, n):
+    """True attention probabilities of a block-sparse layer, ``(B, H, n, n)`` (built only when asked)."""
+    bs = layout.block_size
+    counts = layout.to_dense().to(torch.float32)  # (H, nb, nb): how often row i lists block j
+    bias = torch.log(counts).repeat_interleave(bs, 1).repeat_interleave(bs, 2)  # (H, L, L), -inf outside
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    den = p.sum(dim=-1, keepdim=True)
+    p = p / torch.where(den > 0, den, torch.ones_like(den))
+    if key_mask is not None:
+        p = p * key_mask[:, None, :, None]
+    return p[:, :, :n, :n].to(q.dtype)
+
+
+class BigBirdSelfOutput(nn.Module):
+    def __init__(self, config: BigBirdConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BigBirdAttention(nn.Module):
+    def __init__(self, config: BigBirdConfig, layer_idx: int):
+        super().__init__()
+        self.self = BigBirdSelfAttention(config, layer_idx)
+        self.output = BigBirdSelfOutput(config)
+
+    def forward(self, hidden_states, plan, layout):
+        ctx, probs = self.self(hidden_states, plan, layout)
+        return self.output(ctx, hidden_states), probs
+
+
+class BigBirdIntermediate(nn.Module):
+    def __init__(self, config: BigBirdConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = get_activation(config.hidden_act)
+
+    def forward(self, hidden_states):
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class BigBirdOutput(nn.Module):
+    def __init__(self, config: BigBirdConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BigBirdLayer(nn.Module):
+    """Post-LN encoder layer: ``x1 = LN(x + attn(x))``, ``x2 = LN(x1 + FFN(x1))``."""
+
+    def __init__(self, config: BigBirdConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attention = BigBirdAttention(config, layer_idx)
+        self.intermediate = BigBirdIntermediate(config)
+        self.output = BigBirdOutput(config)
+
+    def forward(self, hidden_states, plan: _AttentionPlan, layout: BigBirdLayout | None):
+        attention_output, probs = self.attention(hidden_states, plan, layout)
+        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        return layer_output, probs
+
+
+class BigBirdEncoder(nn.Module):
+    def __init__(self, config: BigBirdConfig):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList([BigBirdLayer(config, i) for i in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, plan: _AttentionPlan, layouts, *, output_hidden_states: bool):
+        all_hidden = [hidden_states] if output_hidden_states else None
+        all_probs = [] if plan.output_attentions else None
+        use_ckpt = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layer):
+            layout = layouts[i] if layouts is not None else None
+            if use_ckpt:
+                # the layout is an explicit argument: the recomputation replays exactly the same one
+                hidden_states, probs = checkpoint(layer, hidden_states, plan, layout, use_reentrant=False)
+            else:
+                hidden_states, probs = layer(hidden_states, plan, layout)
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            if plan.output_attentions:
+                all_probs.append(probs)
+        return hidden_states, all_hidden, all_probs
+
+
+# --------------------------------------------------------------------------------------------------
+# the pretrained-model base: init, tying, loading and saving
+# --------------------------------------------------------------------------------------------------
+
+
+class BigBirdPreTrainedModel(nn.Module):
+    """Base of every BigBird model: weight init, weight tying, ``from_pretrained`` / ``save_pretrained``.
+
+    Subclasses set ``base_model_prefix`` ("bert" for the task heads, "" for :class:`BigBirdModel`)
+    and ``_tied_weights_keys`` (target key -> source key, applied when
+    ``config.tie_word_embeddings``).
+    """
+
+    config_class = BigBirdConfig
+    base_model_prefix = "bert"
+    _tied_weights_keys: dict[str, str] = {}
+
+    def __init__(self, config: BigBirdConfig):
+        super().__init__()
+        if not isinstance(config, BigBirdConfig):
+            raise TypeError(f"config must be a BigBirdConfig, got {type(config).__name__}")
+        config.validate()
+        if config.add_cross_attention:
+            raise ValueError("add_cross_attention=True (an encoder-decoder BigBird) is not supported by this model")
+        self.config = config
+
+    # ---- init
+
+    def init_weights(self) -> None:
+        """Hugging Face's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
+        for module in self.modules():
+            self._init_module(module)
+        self.tie_weights()
+
+    def _init_module(self, module: nn.Module) -> None:
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            return  # built on the meta device by from_pretrained: weights come from the checkpoint
+        std = self.config.initializer_range
+        with torch.no_grad():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            for name, p in module.named_parameters(recurse=False):
+                if name == "bias" and not isinstance(module, (nn.Linear, nn.LayerNorm)):
+                    p.zero_()  # e.g. cls.predictions.bias
+
+    def _init_parameter(self, name: str, param: torch.Tensor) -> None:
+        """Initialise one parameter (by its key) the way :meth:`init_weights` would."""
+        module_name, _, attr = name.rpartition(".")
+        module = self.get_submodule(module_name) if module_name else self
+        std = self.config.initializer_range
+        with torch.no_grad():
+            if isinstance(module, nn.LayerNorm):
+                param.fill_(1.0 if attr == "weight" else 0.0)
+            elif attr == "bias":
+                param.zero_()
+            else:
+                param.normal_(0.0, std)
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                    param[module.padding_idx].zero_()
+
+    # ---- tying
+
+    def tie_weights(self) -> None:
+        """Point tied parameters at their source (decoder.weight = word embeddings, decoder.bias = bias)."""
+        if not self.config.tie_word_embeddings:
+            return
+        for target, source in self._tied_weights_keys.items():
+            mod_name, _, attr = target.rpartition(".")
+            setattr(self.get_submodule(mod_name), attr, self.get_parameter(source))
+
+    def tied_keys(self) -> dict[str, str]:
+        """State-dict keys that alias another key (target -> source); empty when not tied."""
+        return dict(self._tied_weights_keys) if self.config.tie_word_embeddings else {}
+
+    # ---- gradient checkpointing (the transformers spelling)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        self.config.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.config.gradient_checkpointing = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    # ---- loading and saving (bigbird.checkpoint)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path,
+        *,
+        config: BigBirdConfig | None = None,
+        dtype=None,
+        device=None,
+        local_files_only: bool | None = None,
+        revision: str | None = None,
+        cache_dir=None,
+        allow_missing=(),
+        ignore_unexpected=(),
+        output_loading_info: bool = False,
+        **config_overrides,
+    ):
+        """Load a Hugging Face BigBird checkpoint (a directory or a hub id) into this class.
+
+        Args:
+            name_or_path: a directory with ``config.json`` and ``model.safetensors`` (or a sharded
+                ``model.safetensors.index.json``, or ``pytorch_model.bin``, read with
+                ``torch.load(weights_only=True)``), or a hub id such as ``"google/bigbird-roberta-base"``
+                fetched with ``huggingface_hub`` into its cache (offline when ``HF_HUB_OFFLINE=1``).
+            config: use this config instead of the checkpoint's ``config.json``.
+            dtype: cast floating weights to this dtype (``torch.dtype`` or a name such as "bfloat16");
+                None keeps the checkpoint's dtype.
+            device: move the model there after loading.
+            local_files_only, revision, cache_dir: hub options (``local_files_only`` defaults to True
+                when ``HF_HUB_OFFLINE`` is set).
+            allow_missing: glob patterns of our parameter names (e.g. ``("classifier.*",)``) that may be
+                absent from, or shaped differently in, the checkpoint; they are freshly initialised.
+                Anything else missing or mis-shaped is an error.
+            ignore_unexpected: glob patterns of checkpoint keys to drop silently. Keys of heads this
+                class does not have (e.g. ``cls.*`` when loading a pre-training checkpoint into a
+                classifier, ``bert.pooler.*`` into question answering), the non-persistent buffers
+                ``*.position_ids`` / ``*.token_type_ids`` of old checkpoints and stored copies of tied
+                weights are always dropped; any other unexpected key is an error.
+            output_loading_info: also return a dict with ``missing_keys`` (initialised),
+                ``unexpected_keys`` (dropped), ``mismatched_keys`` and ``ignored_head_keys``.
+            **config_overrides: fields replacing those of the checkpoint's config (e.g. ``num_labels=3``,
+                ``layout_mode="seeded"``, ``attention_backend="reference"``).
+
+        Raises:
+            FileNotFoundError: no config or weights where looked (names the folder and the files).
+            ValueError: corrupt weights file (names it), or missing / unexpected / mis-shaped keys
+                (one error naming all of them).
+        """
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(
+            cls,
+            name_or_path,
+            config=config,
+            dtype=dtype,
+            device=device,
+            local_files_only=local_files_only,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_missing=allow_missing,
+            ignore_unexpected=ignore_unexpected,
+            output_loading_info=output_loading_info,
+            config_overrides=config_overrides,
+        )
+
+    def save_pretrained(self, save_directory, *, safe_serialization: bool = True):
+        """Write ``config.json`` and ``model.safetensors`` (tied weights stored once, HF's keys).
+
+        ``transformers``' ``BigBirdFor*.from_pretrained(save_directory)`` loads the result with no missing
+        or unexpected keys. ``safe_serialization=False`` writes ``pytorch_model.bin`` instead.
+        Returns the directory as a ``Path``.
+        """
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+
+
+# --------------------------------------------------------------------------------------------------
+# the bare model
+# --------------------------------------------------------------------------------------------------
+
+
+class BigBirdModel(BigBirdPreTrainedModel):
+    """The BigBird encoder (embeddings, ``num_hidden_layers`` post-LN layers, optional tanh pooler).
+
+    Parameter names equal ``transformers.BigBirdModel``'s state-dict keys. ``forward`` takes
+    ``input_ids`` or ``inputs_embeds`` of any length up to ``max_position_embeddings`` (after padding
+    to a block multiple in block-sparse mode) and returns a :class:`BaseModelOutputWithPooling`
+    at the input's length. See the module docstring for the attention rules.
+    """
+
+    base_model_prefix = ""
+
+    def __init__(self, config: BigBirdConfig, add_pooling_layer: bool = True, *, _init_weights: bool = True):
+        super().__init__(config)
+        self.embeddings = BigBirdEmbeddings(config)
+        self.encoder = BigBirdEncoder(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
+        self._generators: dict = {}
+        if _init_weights:  # the task heads initialise everything once, at the end of their __init__
+            self.init_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def _layout_generator(self, device):
+        seed = self.config.layout_seed
+        if seed is None:
+            return None
+        key = (str(device), seed)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(seed)
+        return self._generators[key]
+
+    def layouts_for(self, seq_len: int, device) -> list[BigBirdLayout]:
+        """The block-sparse layout of every layer for a padded length, as this forward would use them.
+
+        Layouts of ``"hf"`` and ``"seeded"`` are cached (no host work after the first call);
+        ``"resample"`` draws new ones on every call.
+        """
+        c = self.config
+        gen = self._layout_generator(device) if c.layout_mode == "resample" else None
+        return [
+            get_layout(
+                c.layout_mode,
+                layer_idx=i,
+                seq_len=seq_len,
+                block_size=c.block_size,
+                num_random_blocks=c.num_random_blocks,
+                num_heads=c.num_attention_heads,
+                max_position_embeddings=c.max_position_embeddings,
+                training=self.training,
+                window=c.window_blocks,
+                global_blocks=c.global_blocks,
+                generator=gen,
+                device=device,
+            )
+            for i in range(c.num_hidden_layers)
+        ]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        *,
+        causal: bool | None = None,
+        compute_pooler: bool = True,
+    ):
+        """Encode a batch.
+
+        Args:
+            input_ids: ``(B, n)`` token ids in ``[0, vocab_size)``; or ``inputs_embeds (B, n, hidden)``.
+            attention_mask: ``(B, n)``, 1/True = real token (right padding expected).
+            token_type_ids, position_ids: ``(B, n)`` (default zeros and ``0..n-1``).
+            output_attentions, output_hidden_states: return per-layer probabilities / hidden states
+                (defaults from the config), un-padded to ``n``.
+            return_dict: False returns ``to_tuple()`` of the output.
+            causal: causal full attention (default ``config.is_decoder``).
+            compute_pooler: skip the pooler when False (heads that do not use it).
+        """
+        c = self.config
+        output_attentions = c.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = c.output_hidden_states if output_hidden_states is None else output_hidden_states
+        causal = c.is_decoder if causal is None else causal
+        B, n, device = _check_inputs(c, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+
+        if attention_mask is not None:
+            attention_mask = attention_mask != 0
+        sparse = c.attention_type == "block_sparse" and not causal and n > c.short_input_threshold
+        pad = (-n) % c.block_size if sparse else 0
+        L = n + pad
+        if L > c.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {n}" + (f" (padded to {L}, a multiple of block_size {c.block_size})" if pad else "")
+                + f" exceeds max_position_embeddings={c.max_position_embeddings}"
+            )
+
+        if pad:
+            # right-pad to a block multiple exactly as transformers' _pad_to_block_size does
+            if input_ids is not None:
+                input_ids = F.pad(input_ids, (0, pad), value=c.pad_token_id)
+            if position_ids is not None:
+                position_ids = F.pad(position_ids.expand(B, n), (0, pad), value=c.pad_token_id)
+            if inputs_embeds is not None:
+                pad_ids = torch.full((B, pad), c.pad_token_id, dtype=torch.long, device=device)
+                inputs_embeds = torch.cat([inputs_embeds, self.embeddings(input_ids=pad_ids)], dim=1)
+            if attention_mask is None:
+                attention_mask = torch.ones(B, n, dtype=torch.bool, device=device)
+            attention_mask = F.pad(attention_mask, (0, pad), value=False)
+            if token_type_ids is not None:
+                token_type_ids = F.pad(token_type_ids, (0, pad), value=0)
+
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
+                                 position_ids=position_ids, inputs_embeds=inputs_embeds)
+
+        layouts = None
+        if sparse:
+            plan = _AttentionPlan(True, attention_mask, None, False, output_attentions, n, c.attention_backend)
+            layouts = self.layouts_for(L, device)
+        else:
+            additive = None
+            if attention_mask is not None or (causal and output_attentions):
+                keep = None if attention_mask is None else attention_mask[:, None, None, :]  # (B, 1, 1, n)
+                if causal:
+                    tri = _causal_bool(n, device)[None, None]
+                    keep = tri if keep is None else keep & tri
+                additive = torch.zeros(keep.shape, dtype=hidden.dtype, device=device)
+                additive = additive.masked_fill(~keep, torch.finfo(hidden.dtype).min)
+            plan = _AttentionPlan(False, None, additive, causal, output_attentions, n, c.attention_backend)
+
+        seq, all_hidden, all_probs = self.encoder(hidden, plan, layouts, output_hidden_states=output_hidden_states)
+        pooled = None
+        if self.pooler is not None and compute_pooler:
+            pooled = torch.tanh(self.pooler(seq[:, 0]))
+        if pad:
+            seq = seq[:, :n]
+            if all_hidden is not None:
+                all_hidden = [h[:, :n] for h in all_hidden]
+        out = BaseModelOutputWithPooling(
+            last_hidden_state=seq,
+            pooler_output=pooled,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_probs) if all_probs is not None else None,
+        )
+        return out.to_tuple() if return_dict is False else out
+
+
+def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+    """Validate a forward's inputs; return (B, n, device)."""
+    if input_ids is not None and inputs_embeds is not None:
+        raise ValueError("pass either input_ids or inputs_embeds, not both")
+    if input_ids is None and inputs_embeds is None:
+        raise ValueError("pass input_ids or inputs_embeds")
+    if input_ids is not None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {_shape(input_ids)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+        B, n = input_ids.shape
+        device = input_ids.device
+    else:
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+            raise ValueError(f"inputs_embeds must be a (batch, seq_len, hidden) tensor, got {_shape(inputs_embeds)}")
+        if inputs_embeds.shape[-1] != c.hidden_size:
+            raise ValueError(f"inputs_embeds last dim must be hidden_size={c.hidden_size}, got {inputs_embeds.shape[-1]}")
+        B, n = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+    if B == 0 or n == 0:
+        raise ValueError(f"empty input: batch size {B}, sequence length {n} (both must be >= 1)")
+    if input_ids is not None:
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= c.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}), found token id {bad}")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, n):
+            raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(B, n)}, got {_shape(attention_mask)}")
+    if token_type_ids is not None:
+        if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != (B, n):
+            raise ValueError(f"token_type_ids must have shape {(B, n)}, got {_shape(token_type_ids)}")
+        lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
+        if lo < 0 or hi >= c.type_vocab_size:
+            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={c.type_vocab_size}), found [{lo}, {hi}]")
+    if position_ids is not None:
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[1] != n \
+                or position_ids.shape[0] not in (1, B):
+            raise ValueError(f"position_ids must have shape {(B, n)} or {(1, n)}, got {_shape(position_ids)}")
+        lo, hi = int(position_ids.min()), int(position_ids.max())
+        if lo < 0 or hi >= c.max_position_embeddings:
+            raise ValueError(
+                f"position_ids must lie in [0, max_position_embeddings={c.max_position_embeddings}), found [{lo}, {hi}]"
+            )
+    return B, n, device
+
+
+def _shape(x):
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

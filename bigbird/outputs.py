@@ -1,0 +1,130 @@
+"""Model outputs: small dataclasses with Hugging Face's field names.
+
+Fields are read by name (``out.logits``), by key (``out["logits"]``) or by position over the fields
+that are not None (``out[0]``), as with ``transformers``' ``ModelOutput``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+__all__ = [
+    "ModelOutput",
+    "BaseModelOutputWithPooling",
+    "BigBirdForPreTrainingOutput",
+    "MaskedLMOutput",
+    "CausalLMOutput",
+    "SequenceClassifierOutput",
+    "MultipleChoiceModelOutput",
+    "TokenClassifierOutput",
+    "QuestionAnsweringModelOutput",
+]
+
+Tensor = torch.Tensor
+Tensors = tuple[torch.Tensor, ...]
+
+
+class ModelOutput:
+    """Mixin: tuple-like and dict-like access to the non-None fields of a dataclass."""
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+@dataclass
+class BaseModelOutputWithPooling(ModelOutput):
+    """``BigBirdModel`` output.
+
+    last_hidden_state: ``(B, n, hidden)`` at the un-padded input length ``n``.
+    pooler_output: ``(B, hidden)`` ``tanh(pooler(h[:, 0]))``; None without a pooler.
+    hidden_states: with ``output_hidden_states``, embeddings + every layer, each ``(B, n, hidden)``.
+    attentions: with ``output_attentions``, per layer ``(B, H, n, n)`` attention probabilities.
+    """
+
+    last_hidden_state: Tensor | None = None
+    pooler_output: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class BigBirdForPreTrainingOutput(ModelOutput):
+    loss: Tensor | None = None
+    prediction_logits: Tensor | None = None
+    seq_relationship_logits: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class MaskedLMOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class CausalLMOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class SequenceClassifierOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class MultipleChoiceModelOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class TokenClassifierOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class QuestionAnsweringModelOutput(ModelOutput):
+    loss: Tensor | None = None
+    start_logits: Tensor | None = None
+    end_logits: Tensor | None = None
+    pooler_output: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
