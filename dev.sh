@@ -32,7 +32,7 @@ case "$cmd" in
     ;;
   bench)
     setup
-    exec "$VENV/bin/python" benchmarks/bench_attention.py --quick "$@"
+    exec "$VENV/bin/bigbird" bench attention --quick "$@"
     ;;
   *) echo "usage: ./dev.sh {test|bench|setup} [args...]" >&2; exit 2 ;;
 esac
