@@ -1,15 +1,16 @@
-"""Shared fixtures. TRITON_INTERPRET is set before anything imports triton, so Triton kernels run on
-CPU tensors in the default test run (compile checks for real GPU targets run in subprocesses)."""
+"""Shared fixtures. Without a GPU, TRITON_INTERPRET is set before anything imports triton, so Triton
+kernels run on CPU tensors (compile checks for real GPU targets run in subprocesses). With a GPU the
+kernels run compiled and the GPU tests run; BIGBIRD_TEST_INTERPRET=1/0 forces either way."""
 
 import os
-
-if os.environ.get("BIGBIRD_TEST_NO_INTERPRET") != "1":
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 from pathlib import Path
 
 import pytest
-import torch
+import torch  # importing torch does not import triton
+
+_interpret = os.environ.get("BIGBIRD_TEST_INTERPRET", "0" if torch.cuda.is_available() else "1")
+if _interpret == "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 VOCAB = SHARED / "bigbird_vocab" / "gpt2.model"
