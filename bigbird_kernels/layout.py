@@ -155,7 +155,8 @@ class BigBirdLayout:
     def transpose(self) -> TransposedLayout:
         """The transposed structure used by backward kernels; built on the device once and cached."""
         if "transposed" not in self._cache:
-            self._cache["transposed"] = _transpose(self)
+            with torch.inference_mode(False):
+                self._cache["transposed"] = _transpose(self)
         return self._cache["transposed"]
 
 
@@ -188,7 +189,19 @@ def normalize_global_blocks(num_blocks: int, global_blocks) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def _outside_inference_mode(fn):
+    """Cached layout tensors must be usable by autograd later, even if first built under inference_mode."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @functools.lru_cache(maxsize=256)
+@_outside_inference_mode
 def _structure(num_blocks: int, window: int, global_blocks: tuple[int, ...], r: int, device: torch.device) -> _Structure:
     half = window // 2
     gset = set(global_blocks)
@@ -483,6 +496,7 @@ def _hf_based_layout(mode, *, layer_idx, seq_len, block_size, num_random_blocks,
 
 
 @functools.lru_cache(maxsize=512)
+@_outside_inference_mode
 def _cached_hf(mode, layer_idx, seq_len, block_size, r, num_heads, max_pos, training, window, global_blocks, device):
     return _hf_based_layout(
         mode,

@@ -222,3 +222,16 @@ def test_bad_structure_arguments():
     with pytest.raises(ValueError, match="max_position_embeddings"):
         hf_random_blocks(layer_idx=0, seq_len=4096, block_size=64, num_random_blocks=3, num_heads=1,
                          max_position_embeddings=1024, training=True)
+
+
+def test_layout_first_built_under_inference_mode_serves_autograd_later():
+    from bigbird_kernels import block_sparse_attention
+
+    kwargs = dict(layer_idx=11, seq_len=16 * 9, block_size=16, num_random_blocks=1, num_heads=2, training=False)
+    with torch.inference_mode():
+        layout = hf_layout(**kwargs)
+        layout.transpose()
+    assert hf_layout(**kwargs) is layout
+    q = torch.randn(1, 2, 16 * 9, 8, requires_grad=True)
+    block_sparse_attention(q, q, q, layout, attention_mask=torch.ones(1, 16 * 9, dtype=torch.bool)).sum().backward()
+    assert torch.isfinite(q.grad).all()
