@@ -44,6 +44,12 @@ _LM_TIES = {
 # --------------------------------------------------------------------------------------------------
 
 
+def _classifier_dropout(config: BigBirdConfig) -> nn.Dropout:
+    """Dropout of the classification heads: ``classifier_dropout``, or ``hidden_dropout_prob`` when it is None."""
+    p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(p)
+
+
 class BigBirdPredictionHeadTransform(nn.Module):
     def __init__(self, config: BigBirdConfig):
         super().__init__()
@@ -93,8 +99,7 @@ class BigBirdClassificationHead(nn.Module):
     def __init__(self, config: BigBirdConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = _classifier_dropout(config)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
         self.act = get_activation(config.hidden_act)
 
@@ -125,10 +130,6 @@ class BigBirdForQuestionAnsweringHead(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _ce(logits, labels, **kw):
-    return F.cross_entropy(logits, labels, **kw)
-
-
 class BigBirdForPreTraining(BigBirdPreTrainedModel):
     """Masked LM + next-sentence prediction (``cls.predictions``, ``cls.seq_relationship`` on the pooler).
 
@@ -155,15 +156,15 @@ class BigBirdForPreTraining(BigBirdPreTrainedModel):
         prediction_scores, seq_relationship = self.cls(out.last_hidden_state, out.pooler_output)
         loss = None
         if labels is not None:
-            loss = _ce(prediction_scores.view(-1, self.config.vocab_size), labels.view(-1))
+            loss = F.cross_entropy(prediction_scores.view(-1, self.config.vocab_size), labels.view(-1))
             if next_sentence_label is not None:
-                loss = loss + _ce(seq_relationship.view(-1, 2), next_sentence_label.view(-1))
+                loss = loss + F.cross_entropy(seq_relationship.view(-1, 2), next_sentence_label.view(-1))
         res = BigBirdForPreTrainingOutput(loss, prediction_scores, seq_relationship, out.hidden_states, out.attentions)
         return res.to_tuple() if return_dict is False else res
 
 
-class BigBirdForMaskedLM(BigBirdPreTrainedModel):
-    """Masked LM head ``cls.predictions`` (decoder tied to the word embeddings). Loss: CE, -100 ignored."""
+class _BigBirdLMBase(BigBirdPreTrainedModel):
+    """Shared by the masked and causal LM: encoder ``bert`` + ``cls.predictions`` (decoder tied to the word embeddings)."""
 
     _tied_weights_keys = _LM_TIES
 
@@ -176,21 +177,25 @@ class BigBirdForMaskedLM(BigBirdPreTrainedModel):
     def get_output_embeddings(self):
         return self.cls.predictions.decoder
 
+
+class BigBirdForMaskedLM(_BigBirdLMBase):
+    """Masked LM head ``cls.predictions`` (decoder tied to the word embeddings). Loss: CE, -100 ignored."""
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         compute_pooler=False)
-        logits = self.cls(out.last_hidden_state)
+        logits = self.cls(out.last_hidden_state)  # (B, n, vocab)
         loss = None
         if labels is not None:
-            loss = _ce(logits.view(-1, self.config.vocab_size), labels.view(-1))
+            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
         res = MaskedLMOutput(loss, logits, out.hidden_states, out.attentions)
         return res.to_tuple() if return_dict is False else res
 
 
-class BigBirdForCausalLM(BigBirdPreTrainedModel):
+class BigBirdForCausalLM(_BigBirdLMBase):
     """Left-to-right LM with the MLM head (``cls.predictions``).
 
     **Always causal full attention** (``is_decoder`` semantics, whatever ``attention_type`` and
@@ -203,17 +208,6 @@ class BigBirdForCausalLM(BigBirdPreTrainedModel):
     -100 ignored, mean over the counted tokens (``transformers``' ``ForCausalLMLoss``).
     """
 
-    _tied_weights_keys = _LM_TIES
-
-    def __init__(self, config: BigBirdConfig):
-        super().__init__(config)
-        self.bert = BigBirdModel(config, add_pooling_layer=True, _init_weights=False)
-        self.cls = BigBirdOnlyMLMHead(config)
-        self.init_weights()
-
-    def get_output_embeddings(self):
-        return self.cls.predictions.decoder
-
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
@@ -224,7 +218,7 @@ class BigBirdForCausalLM(BigBirdPreTrainedModel):
         loss = None
         if labels is not None:
             shifted = F.pad(labels, (0, 1), value=-100)[..., 1:]
-            loss = _ce(logits.float().reshape(-1, self.config.vocab_size), shifted.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().reshape(-1, self.config.vocab_size), shifted.reshape(-1), ignore_index=-100)
         res = CausalLMOutput(loss, logits, out.hidden_states, out.attentions)
         return res.to_tuple() if return_dict is False else res
 
@@ -250,7 +244,7 @@ def _classification_loss(config: BigBirdConfig, logits, labels):
             return F.mse_loss(logits.squeeze(), labels.squeeze())
         return F.mse_loss(logits, labels)
     if problem == "single_label_classification":
-        return _ce(logits.view(-1, n), labels.view(-1))
+        return F.cross_entropy(logits.view(-1, n), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
@@ -307,7 +301,7 @@ class BigBirdForMultipleChoice(BigBirdPreTrainedModel):
         out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), embeds,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)
-        loss = _ce(logits, labels) if labels is not None else None
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
         res = MultipleChoiceModelOutput(loss, logits, out.hidden_states, out.attentions)
         return res.to_tuple() if return_dict is False else res
 
@@ -319,8 +313,7 @@ class BigBirdForTokenClassification(BigBirdPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BigBirdModel(config, add_pooling_layer=True, _init_weights=False)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
@@ -331,7 +324,7 @@ class BigBirdForTokenClassification(BigBirdPreTrainedModel):
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         compute_pooler=False)
         logits = self.classifier(self.dropout(out.last_hidden_state))
-        loss = _ce(logits.view(-1, self.num_labels), labels.view(-1)) if labels is not None else None
+        loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1)) if labels is not None else None
         res = TokenClassifierOutput(loss, logits, out.hidden_states, out.attentions)
         return res.to_tuple() if return_dict is False else res
 
@@ -369,18 +362,20 @@ class BigBirdForQuestionAnswering(BigBirdPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, question_lengths=None, token_type_ids=None,
                 position_ids=None, inputs_embeds=None, start_positions=None, end_positions=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
-        seqlen = input_ids.size(1) if input_ids is not None else (inputs_embeds.size(1) if inputs_embeds is not None else 0)
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is None:
+            raise ValueError("pass input_ids or inputs_embeds")
+        seqlen = ref.size(1)
         if question_lengths is None and input_ids is not None and input_ids.dim() == 2:
             question_lengths = torch.argmax(input_ids.eq(self.sep_token_id).int(), dim=-1) + 1
         logits_mask = None
         if question_lengths is not None:
             if not isinstance(question_lengths, torch.Tensor):
                 question_lengths = torch.as_tensor(question_lengths)
-            ref = input_ids if input_ids is not None else inputs_embeds
-            if ref is not None and question_lengths.numel() != ref.shape[0]:
+            if question_lengths.numel() != ref.shape[0]:
                 raise ValueError(f"question_lengths must have one entry per batch row ({ref.shape[0]}), "
                                  f"got shape {tuple(question_lengths.shape)}")
-            question_lengths = question_lengths.to(ref.device if ref is not None else None)
+            question_lengths = question_lengths.to(ref.device)
             logits_mask = self.prepare_question_mask(question_lengths, seqlen)
             if token_type_ids is None:
                 token_type_ids = 1 - logits_mask
@@ -400,8 +395,8 @@ class BigBirdForQuestionAnswering(BigBirdPreTrainedModel):
             ignored = start_logits.size(1)
             start_positions = start_positions.clamp(0, ignored)
             end_positions = end_positions.clamp(0, ignored)
-            loss = (_ce(start_logits, start_positions, ignore_index=ignored)
-                    + _ce(end_logits, end_positions, ignore_index=ignored)) / 2
+            loss = (F.cross_entropy(start_logits, start_positions, ignore_index=ignored)
+                    + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)) / 2
         res = QuestionAnsweringModelOutput(loss, start_logits, end_logits, out.pooler_output,
                                            out.hidden_states, out.attentions)
         return res.to_tuple() if return_dict is False else res

@@ -751,10 +751,11 @@ class Predictor:
                     p_idx.append(rows[i].offset + j - rows[i].start)
             logits = _mlm_logits_at(self.model, ids, mask, b_idx, p_idx).float()
             probs = torch.softmax(logits, dim=-1)
-            scores, top = probs.topk(k, dim=-1)
+            scores, top = probs.topk(k, dim=-1)  # (num_masks, k) each
+            scores, top = scores.tolist(), top.tolist()  # one device-to-host copy each, not one per mask
             res = [[] for _ in batch]
             for n, b in enumerate(b_idx):
-                res[b].append((scores[n].tolist(), top[n].tolist()))
+                res[b].append((scores[n], top[n]))
             return res
 
         results = self._run_rows(rows, fn, "fill-mask")
@@ -773,8 +774,6 @@ class Predictor:
         return per_doc
 
     def _embed(self, docs, pooling):
-        import torch
-
         encs = self._encode([d.text for d in docs])
         rows = [w for i, enc in enumerate(encs) for w in self._windows(i, list(enc.ids))]
         if pooling == "pooled" and getattr(self.model, "pooler", None) is None:
@@ -839,9 +838,6 @@ class Predictor:
         return out
 
     def _qa(self, docs, max_answer_length):
-        import torch
-
-        tok = self.tokenizer
         for d in docs:
             if d.question is None or not d.question.strip():
                 raise InputError(f"{d.source} has no question: give --question (or a 'question' field in JSONL)")
@@ -851,12 +847,11 @@ class Predictor:
 
         def fn(ids, mask, batch):
             out = self.model(input_ids=ids, attention_mask=mask)
+            start, end = out.start_logits.float().cpu(), out.end_logits.float().cpu()  # (B, L) each, one copy per batch
             res = []
             for b, r in enumerate(rows[i] for i in batch):
                 n = r.stop - r.start
-                s = out.start_logits[b, r.offset : r.offset + n].float().cpu()
-                e = out.end_logits[b, r.offset : r.offset + n].float().cpu()
-                res.append(_best_span(s, e, max_answer_length))
+                res.append(_best_span(start[b, r.offset : r.offset + n], end[b, r.offset : r.offset + n], max_answer_length))
             return res
 
         spans = self._run_rows(rows, fn, "qa")

@@ -126,7 +126,7 @@ class BigBirdEmbeddings(nn.Module):
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
-        B, S = inputs_embeds.shape[:2]
+        S = inputs_embeds.shape[1]
         device = inputs_embeds.device
         if position_ids is None:
             position_ids = torch.arange(S, device=device)[None, :]
@@ -146,8 +146,9 @@ class _AttentionPlan:
 
     sparse: bool  # block-sparse kernel (else full attention)
     key_mask: torch.Tensor | None  # (B, L) bool, True = real token; None = no padding (sparse path)
-    additive_mask: torch.Tensor | None  # full path: (B, 1, 1|L, L) additive, finfo.min where masked
-    causal: bool  # full path without padding: SDPA's is_causal
+    # full path: (B|1, 1, 1|n, n) additive, finfo.min where masked; always set when causal and output_attentions
+    additive_mask: torch.Tensor | None
+    causal: bool  # full path without an additive mask: SDPA's is_causal
     output_attentions: bool
     n: int  # un-padded length (attentions are cropped to it)
     backend: str
@@ -168,6 +169,7 @@ class BigBirdSelfAttention(nn.Module):
         self.attention_probs_dropout_prob = config.attention_probs_dropout_prob
 
     def _heads(self, x):
+        """``(B, S, hidden)`` -> ``(B, H, S, head_size)``."""
         B, S, _ = x.shape
         return x.view(B, S, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
 
@@ -188,8 +190,6 @@ class BigBirdSelfAttention(nn.Module):
                 s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
                 if plan.additive_mask is not None:
                     s = s + plan.additive_mask
-                elif plan.causal:
-                    s = s.masked_fill(~_causal_bool(S, s.device), torch.finfo(s.dtype).min)
                 probs = torch.softmax(s, dim=-1)
                 probs = F.dropout(probs, p_drop, self.training)
                 ctx = torch.matmul(probs, v)
@@ -198,12 +198,8 @@ class BigBirdSelfAttention(nn.Module):
                 ctx = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=plan.causal and mask is None, scale=scale
                 )
-        ctx = ctx.transpose(1, 2).reshape(B, S, self.all_head_size)
+        ctx = ctx.transpose(1, 2).reshape(B, S, self.all_head_size)  # (B, H, S, d) -> (B, S, H * d)
         return ctx, probs
-
-
-def _causal_bool(S: int, device) -> torch.Tensor:
-    return torch.ones(S, S, dtype=torch.bool, device=device).tril()
 
 
 def _block_sparse_probs(q, k, layout: BigBirdLayout, key_mask, scale, n):
@@ -620,7 +616,7 @@ class BigBirdModel(BigBirdPreTrainedModel):
             if attention_mask is not None or (causal and output_attentions):
                 keep = None if attention_mask is None else attention_mask[:, None, None, :]  # (B, 1, 1, n)
                 if causal:
-                    tri = _causal_bool(n, device)[None, None]
+                    tri = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, n, n)
                     keep = tri if keep is None else keep & tri
                 additive = torch.zeros(keep.shape, dtype=hidden.dtype, device=device)
                 additive = additive.masked_fill(~keep, torch.finfo(hidden.dtype).min)
@@ -644,7 +640,11 @@ class BigBirdModel(BigBirdPreTrainedModel):
 
 
 def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
-    """Validate a forward's inputs; return (B, n, device)."""
+    """Validate a forward's inputs; return (B, n, device).
+
+    Shapes and dtypes are checked first; the value ranges of ``input_ids``, ``token_type_ids`` and
+    ``position_ids`` then cost one device-to-host copy in all (a single synchronisation on CUDA).
+    """
     if input_ids is not None and inputs_embeds is not None:
         raise ValueError("pass either input_ids or inputs_embeds, not both")
     if input_ids is None and inputs_embeds is None:
@@ -665,29 +665,34 @@ def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, to
         device = inputs_embeds.device
     if B == 0 or n == 0:
         raise ValueError(f"empty input: batch size {B}, sequence length {n} (both must be >= 1)")
-    if input_ids is not None:
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= c.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}), found token id {bad}")
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, n):
             raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(B, n)}, got {_shape(attention_mask)}")
     if token_type_ids is not None:
         if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != (B, n):
             raise ValueError(f"token_type_ids must have shape {(B, n)}, got {_shape(token_type_ids)}")
-        lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
-        if lo < 0 or hi >= c.type_vocab_size:
-            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={c.type_vocab_size}), found [{lo}, {hi}]")
     if position_ids is not None:
         if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[1] != n \
                 or position_ids.shape[0] not in (1, B):
             raise ValueError(f"position_ids must have shape {(B, n)} or {(1, n)}, got {_shape(position_ids)}")
-        lo, hi = int(position_ids.min()), int(position_ids.max())
-        if lo < 0 or hi >= c.max_position_embeddings:
-            raise ValueError(
-                f"position_ids must lie in [0, max_position_embeddings={c.max_position_embeddings}), found [{lo}, {hi}]"
-            )
+
+    # (name, tensor, exclusive upper bound) of every index tensor given; one host copy of all their minima and maxima
+    ranged = [(name, t, hi) for name, t, hi in (
+        ("input_ids", input_ids, c.vocab_size),
+        ("token_type_ids", token_type_ids, c.type_vocab_size),
+        ("position_ids", position_ids, c.max_position_embeddings),
+    ) if t is not None]
+    if not ranged:
+        return B, n, device
+    bounds = torch.stack([
+        torch.stack([t.min(), t.max()]).to(device=device, dtype=torch.long) for _, t, _ in ranged
+    ]).tolist()  # (len(ranged), 2) [min, max] per tensor
+    for (name, _, limit), (lo, hi) in zip(ranged, bounds):
+        if lo < 0 or hi >= limit:
+            if name == "input_ids":
+                raise ValueError(f"input_ids must lie in [0, vocab_size={limit}), found token id {lo if lo < 0 else hi}")
+            field = "type_vocab_size" if name == "token_type_ids" else "max_position_embeddings"
+            raise ValueError(f"{name} must lie in [0, {field}={limit}), found [{lo}, {hi}]")
     return B, n, device
 
 

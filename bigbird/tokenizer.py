@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
