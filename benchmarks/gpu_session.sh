@@ -15,5 +15,5 @@ mkdir -p "$res"
 $PY -m bigbird_kernels.info | tee "$res/info.txt"
 BIGBIRD_TEST_INTERPRET=0 $PY -m pytest -q -x tests/gpu 2>&1 | tee "$res/gpu_tests.log"
 $PY -m bigbird_kernels.bench --device cuda --passes fwd bwd fwd+bwd --out-dir "$res" 2>&1 | tee "$res/attention.log"
-$PY benchmarks/bench_model.py --device cuda --dtype bf16 --batch 8 2>&1 | tee "$res/model.log"
+$PY benchmarks/bench_model.py --device cuda --dtype bf16 --batch 8 --backends ours,transformers,transformers-patched 2>&1 | tee "$res/model.log"
 if [ -n "${OUT:-}" ]; then cp "$res"/* "$OUT"/; fi
