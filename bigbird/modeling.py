@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bigbird_kernels import BigBirdLayout, block_sparse_attention, get_layout
+from bigbird_kernels import BigBirdLayout, block_sparse_attention, block_sparse_attention_probs, get_layout
 
 from .config import BigBirdConfig
 from .outputs import BaseModelOutputWithPooling
@@ -183,7 +183,8 @@ class BigBirdSelfAttention(nn.Module):
         if plan.sparse:
             ctx = block_sparse_attention(q, k, v, layout, attention_mask=plan.key_mask, scale=scale, backend=plan.backend)
             if plan.output_attentions:
-                probs = _block_sparse_probs(q, k, layout, plan.key_mask, scale, plan.n)
+                # true probabilities at the unpadded length (duplicated blocks summed)
+                probs = block_sparse_attention_probs(q, k, layout, plan.key_mask, scale)[:, :, : plan.n, : plan.n]
         else:
             p_drop = self.attention_probs_dropout_prob if self.training else 0.0
             if plan.output_attentions:
@@ -200,24 +201,6 @@ class BigBirdSelfAttention(nn.Module):
                 )
         ctx = ctx.transpose(1, 2).reshape(B, S, self.all_head_size)  # (B, H, S, d) -> (B, S, H * d)
         return ctx, probs
-
-
-def _block_sparse_probs(q, k, layout: BigBirdLayout, key_mask, scale, n):
-    """True attention probabilities of a block-sparse layer, ``(B, H, n, n)`` (built only when asked)."""
-    bs = layout.block_size
-    counts = layout.to_dense().to(torch.float32)  # (H, nb, nb): how often row i lists block j
-    bias = torch.log(counts).repeat_interleave(bs, 1).repeat_interleave(bs, 2)  # (H, L, L), -inf outside
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
-    if key_mask is not None:
-        s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    m = s.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = torch.exp(s - m)
-    den = p.sum(dim=-1, keepdim=True)
-    p = p / torch.where(den > 0, den, torch.ones_like(den))
-    if key_mask is not None:
-        p = p * key_mask[:, None, :, None]
-    return p[:, :, :n, :n].to(q.dtype)
 
 
 class BigBirdSelfOutput(nn.Module):

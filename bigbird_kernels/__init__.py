@@ -20,7 +20,7 @@ from .layout import (
     resample_layout,
     seeded_layout,
 )
-from .reference import block_sparse_attention_ref
+from .reference import block_sparse_attention_probs, block_sparse_attention_ref
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ _dispatch.load_backends()
 __all__ = [
     "block_sparse_attention",
     "block_sparse_attention_ref",
+    "block_sparse_attention_probs",
     "BackendNotSupportedError",
     "BigBirdLayout",
     "get_layout",

@@ -152,6 +152,12 @@ class BigBirdLayout:
         counts.scatter_add_(2, self.kv_indices.long(), valid)
         return torch.where(self.is_global[None, :, None], torch.ones_like(counts), counts)  # no host sync
 
+    def dense_log_counts(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(H, S, S)`` additive bias ``log(count)`` per token pair, ``-inf`` outside the layout (oracles,
+        dense baselines and attention probabilities only: ``S x S``)."""
+        bs = self.block_size
+        return torch.log(self.to_dense().to(dtype)).repeat_interleave(bs, 1).repeat_interleave(bs, 2)
+
     def transpose(self) -> TransposedLayout:
         """The transposed structure used by backward kernels; built on the device once and cached."""
         if "transposed" not in self._cache:

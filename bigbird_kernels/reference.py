@@ -14,7 +14,7 @@ import torch
 
 from .layout import BigBirdLayout
 
-__all__ = ["block_sparse_attention_ref", "dense_attention_ref"]
+__all__ = ["block_sparse_attention_ref", "block_sparse_attention_probs", "dense_attention_ref"]
 
 # Elements of one chunk's score tensor; bounds peak memory without hurting batched-matmul efficiency.
 _CHUNK_SCORE_ELEMENTS = 1 << 22
@@ -25,19 +25,28 @@ _CHUNK_SCORE_ELEMENTS = 1 << 22
 _MASKED = -1e30
 
 
-def _masked_softmax_matmul(s: torch.Tensor, keep: torch.Tensor | None, v: torch.Tensor, need_lse: bool):
-    """Softmax of ``s`` over its last dim where ``keep`` is True, times ``v``; rows with no key give 0.
+def _masked_softmax(s: torch.Tensor, keep: torch.Tensor | None):
+    """Softmax of ``s`` over its last dim where ``keep`` is True, statistics in at least fp32.
 
-    ``s`` (..., M, N) scores, ``keep`` (..., 1, N) bool broadcastable to ``s`` (or None: keep all),
-    ``v`` (..., N, D). Softmax statistics run in at least fp32. Returns ``out (..., M, D)`` in
-    ``v.dtype`` and, with ``need_lse``, ``lse (..., M)`` (``-inf`` for rows without a key), else None.
+    ``s`` (..., M, N) scores, ``keep`` (..., 1 or M, N) bool broadcastable to ``s`` (or None: keep
+    all). Returns the probabilities, the masked fp32/fp64 scores and ``has_key`` (..., 1 or M, 1)
+    (None without ``keep``); rows without a key are uniform here and must be zeroed by the caller.
     """
     s = s.to(torch.float64 if s.dtype == torch.float64 else torch.float32)
     has_key = None
     if keep is not None:
         s = s.masked_fill(~keep, _MASKED)
-        has_key = keep.any(dim=-1, keepdim=True)  # (..., 1, 1)
-    out = torch.matmul(torch.softmax(s, dim=-1).to(v.dtype), v)
+        has_key = keep.any(dim=-1, keepdim=True)
+    return torch.softmax(s, dim=-1), s, has_key
+
+
+def _masked_softmax_matmul(s: torch.Tensor, keep: torch.Tensor | None, v: torch.Tensor, need_lse: bool):
+    """``softmax(s) @ v`` over the keys ``keep`` allows (see :func:`_masked_softmax`); rows with no key
+    give 0. Returns ``out (..., M, D)`` in ``v.dtype`` and, with ``need_lse``, ``lse (..., M)``
+    (``-inf`` for rows without a key), else None.
+    """
+    p, s, has_key = _masked_softmax(s, keep)
+    out = torch.matmul(p.to(v.dtype), v)
     lse = torch.logsumexp(s, dim=-1) if need_lse else None
     if has_key is not None:
         out = out * has_key.to(out.dtype)
@@ -158,15 +167,36 @@ def dense_attention_ref(
 
     Same arguments and results as :func:`block_sparse_attention_ref`, computed in the input dtype.
     """
-    B, H, S, D = q.shape
-    bs = layout.block_size
+    D = q.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    counts = layout.to_dense().to(q.dtype)  # (H, nb, nb)
-    bias = torch.log(counts).repeat_interleave(bs, 1).repeat_interleave(bs, 2)  # (H, S, S)
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale + bias  # (B, H, S, S)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale + layout.dense_log_counts(q.dtype)  # (B, H, S, S)
     keep = None if attention_mask is None else attention_mask[:, None, None, :]
     out, lse = _masked_softmax_matmul(s, keep, v, True)
     if attention_mask is not None:
         out = out * attention_mask[:, None, :, None].to(out.dtype)
         lse = lse.masked_fill(~attention_mask[:, None, :], float("-inf"))
     return out, lse
+
+
+def block_sparse_attention_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    layout: BigBirdLayout,
+    attention_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The true attention probabilities of block-sparse attention, ``(B, H, S, S)`` in ``q``'s dtype.
+
+    A key block listed twice counts twice (its probabilities are summed); 0 outside the layout, for
+    padded keys and on rows of padded queries. ``S x S``: only for ``output_attentions``-style use.
+    Arguments as :func:`block_sparse_attention_ref`.
+    """
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    s = torch.matmul(q.to(cdt), k.to(cdt).transpose(-1, -2)) * scale + layout.dense_log_counts(cdt)  # (B, H, S, S)
+    keep = None if attention_mask is None else attention_mask[:, None, None, :]
+    p, _, has_key = _masked_softmax(s, keep)
+    if attention_mask is not None:
+        p = p * (has_key & attention_mask[:, None, :, None]).to(p.dtype)  # rows of padded queries: 0
+    return p.to(q.dtype)

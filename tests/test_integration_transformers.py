@@ -123,8 +123,8 @@ def test_unpatch_restores_original_forward_and_outputs():
 
 def test_attention_probs_only_when_requested_and_true_probabilities(monkeypatch):
     calls = []
-    real = integ.attention_probabilities
-    monkeypatch.setattr(integ, "attention_probabilities", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = integ.block_sparse_attention_probs
+    monkeypatch.setattr(integ, "block_sparse_attention_probs", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = BigBirdForSequenceClassification(_bigbird_config())
     ids, mask = _batch(2, 330)
     real_rows = torch.nn.functional.pad(mask, (0, 6)).bool()  # HF pads to 336

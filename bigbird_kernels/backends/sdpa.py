@@ -19,9 +19,7 @@ def dense_bias(layout, attention_mask, dtype) -> torch.Tensor:
 
     Rows of padded queries get a zero bias so no row is empty (their outputs are zeroed afterwards).
     """
-    bs = layout.block_size
-    counts = layout.to_dense().to(dtype)  # (H, nb, nb)
-    bias = torch.log(counts).repeat_interleave(bs, 1).repeat_interleave(bs, 2)[None]  # (1, H, S, S)
+    bias = layout.dense_log_counts(dtype)[None]  # (1, H, S, S)
     if attention_mask is not None:
         bias = bias.masked_fill(~attention_mask[:, None, None, :], float("-inf"))  # (B, H, S, S)
         bias = bias.masked_fill(~attention_mask[:, None, :, None], 0.0)

@@ -30,13 +30,13 @@ fresh, unpatched block-sparse modules: call :func:`patch_bigbird` again after it
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 
 from ..api import block_sparse_attention
 from ..dispatch import BACKEND_NAMES
 from ..layout import LAYOUT_MODES, BigBirdLayout, get_layout
+from ..reference import block_sparse_attention_probs
 
 __all__ = [
     "UnsupportedTransformersError",
@@ -44,7 +44,6 @@ __all__ = [
     "patch_bigbird",
     "unpatch_bigbird",
     "is_patched",
-    "attention_probabilities",
 ]
 
 SUPPORTED_MAJOR_VERSIONS = (5,)
@@ -164,40 +163,6 @@ def _token_mask(B, L, to_mask, from_mask, blocked_mask):
     return None
 
 
-def _block_counts(layout: BigBirdLayout) -> torch.Tensor:
-    """``(H, nb, nb)`` int32: how often query block i lists key block j (``layout.to_dense()`` without
-    its boolean-mask assignment, which synchronises with a CUDA device)."""
-    H, nb, W = layout.kv_indices.shape
-    slot = torch.arange(W, device=layout.device)
-    valid = (slot[None, None, :] < layout.kv_num_blocks[..., None]).to(torch.int32)
-    counts = torch.zeros(H, nb, nb, dtype=torch.int32, device=layout.device)
-    counts.scatter_add_(2, layout.kv_indices.long(), valid)
-    return torch.where(layout.is_global[None, :, None], torch.ones_like(counts), counts)
-
-
-def attention_probabilities(q, k, layout: BigBirdLayout, attention_mask, lse, scale=None) -> torch.Tensor:
-    """True ``(B, H, S, S)`` attention probabilities of block-sparse attention, from the op's ``lse``.
-
-    ``p[b, h, i, j] = count[h, blk(i), blk(j)] * exp(q_i . k_j * scale - lse[b, h, i])`` for real keys
-    ``j``, 0 elsewhere; a block listed twice counts twice. Rows of padded queries are 0. ``O(S^2)``
-    memory: only for ``output_attentions``.
-    """
-    B, H, S, D = q.shape
-    bs = layout.block_size
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    s = torch.matmul(q.to(cdt), k.to(cdt).transpose(-1, -2)) * scale  # (B, H, S, S)
-    counts = _block_counts(layout).to(cdt).repeat_interleave(bs, 1).repeat_interleave(bs, 2)  # (H, S, S)
-    lse = lse.to(cdt)[..., None]
-    finite = torch.isfinite(lse)
-    # log(count) = -inf outside the layout: exp gives 0 there even where the raw score is huge
-    logits = s + torch.log(counts) - torch.where(finite, lse, torch.zeros_like(lse))
-    if attention_mask is not None:
-        logits = logits.masked_fill(~attention_mask[:, None, None, :], float("-inf"))
-    p = torch.where(finite, torch.exp(logits), torch.zeros_like(logits))
-    return p.to(q.dtype)
-
-
 class _PatchedForward:
     """Replacement ``forward`` of one Hugging Face block-sparse attention module (see the module doc)."""
 
@@ -249,10 +214,9 @@ class _PatchedForward:
         mask = _token_mask(B, L, to_mask, from_mask, from_blocked_mask)
         layout = self.layout(L, hidden_states.device)
         need_probs = _attentions_requested(kwargs)
-        res = block_sparse_attention(q, k, v, layout, attention_mask=mask, backend=self.backend, return_lse=need_probs)
-        out, lse = res if need_probs else (res, None)
+        out = block_sparse_attention(q, k, v, layout, attention_mask=mask, backend=self.backend)
         context = out.transpose(1, 2).reshape(B, L, H * D)
-        probs = attention_probabilities(q, k, layout, mask, lse) if need_probs else None
+        probs = block_sparse_attention_probs(q, k, layout, mask) if need_probs else None
         return context, probs
 
 
