@@ -12,10 +12,16 @@ Our parameter names *are* Hugging Face's state-dict keys, so the key map is the 
   checkpoints, and keys of heads this class does not have (e.g. ``cls.*`` of a pre-training checkpoint
   loaded into a classifier, ``bert.pooler.*`` loaded into question answering).
 
-Everything else is strict: every missing, unexpected or mis-shaped key is named in one ``ValueError``,
-unless the caller allows it (``allow_missing`` patterns: freshly initialised; ``ignore_unexpected``
-patterns: dropped). Weights are read from ``model.safetensors`` (or its sharded index), else from
-``pytorch_model.bin`` with ``torch.load(weights_only=True)``; nothing else is ever unpickled.
+Everything else is strict: every missing, unexpected, mis-shaped or wrongly typed (an integer or bool
+tensor where a floating weight belongs) key is named in one ``ValueError``, unless the caller allows it
+(``allow_missing`` patterns: freshly initialised; ``ignore_unexpected`` patterns: dropped). Weights are
+read from ``model.safetensors`` (or its sharded index) with ``safetensors.safe_open``, else from
+``pytorch_model.bin`` with ``torch.load(weights_only=True)``; nothing else is ever unpickled. Floating
+weights load in one dtype: the ``dtype`` argument, else the config's ``dtype`` (``torch_dtype``), else
+that of the first floating tensor of the checkpoint, so ``model.dtype`` holds for every parameter.
+
+Saving is atomic per file (:mod:`bigbird.atomic`): a failed or interrupted save leaves the previous
+checkpoint loadable and complete.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import sys
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import torch
 
@@ -34,6 +39,7 @@ __all__ = [
     "load_pretrained",
     "save_pretrained",
     "resolve_checkpoint_dir",
+    "looks_like_local_path",
     "read_state_dict",
     "WEIGHTS_NAMES",
     "SAFE_WEIGHTS_NAME",
@@ -69,9 +75,24 @@ def _default_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def _looks_local(name: str) -> bool:
-    return (name.startswith(("/", "./", "../", "~")) or name in (".", "..") or "\\" in name
-            or name.count("/") > 1 or os.path.exists(name))
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` can only mean a local path, never a Hugging Face hub id (``org/name``).
+
+    True when it starts with ``.``, ``~`` or ``/``, contains a backslash, is not a valid hub id
+    (``huggingface_hub.utils.validate_repo_id``: e.g. more than one ``/``, a trailing ``/``, a drive
+    ``C:``, spaces), or its first component is an existing local directory (``runs/ckpt-1`` with
+    ``runs/`` present). Such a name that does not exist is reported as a missing directory at once,
+    with no hub look-up.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "~", "/")) or "\\" in name:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
 
 
 def resolve_checkpoint_dir(name_or_path, *, local_files_only=None, revision=None, cache_dir=None,
@@ -81,6 +102,12 @@ def resolve_checkpoint_dir(name_or_path, *, local_files_only=None, revision=None
     ``name_or_path`` is a directory, or a hub id resolved with ``huggingface_hub.hf_hub_download`` in
     the hub cache (``cache_dir``, else ``HF_HUB_CACHE`` / ``HF_HOME``). ``local_files_only`` defaults to
     True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set.
+
+    Raises:
+        FileNotFoundError: a directory without ``config.json`` or weights; a name that looks like a
+            local path (:func:`looks_like_local_path`: ``./x``, ``~/x``, ``x/y/z``, ``dir/typo`` where
+            ``dir`` exists, ...) and does not exist, at once (no hub look-up); a hub id that cannot be
+            fetched or is not cached (offline). Each names the directory or the hub repo.
     """
     name = os.fspath(name_or_path)
     path = Path(os.path.expanduser(name))
@@ -92,9 +119,11 @@ def resolve_checkpoint_dir(name_or_path, *, local_files_only=None, revision=None
                 f"no weights in checkpoint directory {path}: looked for {', '.join(WEIGHTS_NAMES)}"
             )
         return path
-    if _looks_local(name):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist (looked for {CONFIG_NAME} and "
-                                f"{' or '.join(WEIGHTS_NAMES)} in it)")
+    if path.exists():
+        raise FileNotFoundError(f"checkpoint path {path} is not a directory")
+    if looks_like_local_path(name):
+        raise FileNotFoundError(f"checkpoint directory {name!r} does not exist ({path.absolute()}); a name that "
+                                "looks like a path is never looked up on the Hugging Face hub")
     return _download(name, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir,
                       config_only=config_only)
 
@@ -142,90 +171,51 @@ def _download(repo_id: str, *, local_files_only, revision, cache_dir, config_onl
 
 
 def _read_index(path: Path) -> dict[str, str]:
+    """The ``weight_map`` of a shard index: ``{tensor key: shard file name}``.
+
+    Raises ``ValueError`` naming the index when it is not JSON, has no ``weight_map`` object, or a
+    shard name is not a string, or not a relative path inside the checkpoint folder (an absolute path,
+    a drive or a ``..`` component, with ``/`` or ``\\`` separators, is refused: the index must not make
+    us read, fetch or delete a file elsewhere).
+    """
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
-        return weight_map
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"corrupt shard index {path}: {type(e).__name__}: {e}") from None
-
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise ValueError(f"corrupt shard index {path}: the shard of {key!r} is {shard!r}, not a file name")
+        as_windows = PureWindowsPath(shard)  # both separators; catches "/x", "C:x", "\\\\host\\x" too
+        if not as_windows.parts or as_windows.drive or as_windows.root or ".." in as_windows.parts:
+            raise ValueError(f"shard index {path} names {shard!r} for {key!r}: shard files must lie inside "
+                             "the checkpoint folder (relative names, no '..')")
+    return weight_map
 
 
 def _load_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Read a safetensors file into fresh CPU tensors, one tensor at a time.
+    """Read a safetensors file into CPU tensors with ``safetensors.safe_open`` (memory-mapped).
 
-    The bytes of each tensor are read straight into its storage (no memory map, no second copy), so
-    loading costs the size of the weights and nothing more; floating tensors are cast to ``dtype``
-    on the way when given. Any inconsistency raises ``ValueError`` naming the file.
+    The library validates the header (JSON, dtypes, shapes against byte sizes, offsets that overlap,
+    leave gaps or run past the end of the file). Floating tensors are cast to ``dtype`` one at a time
+    when given. Any corrupt file raises ``ValueError`` naming it.
     """
+    from safetensors import safe_open
+
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if sys.byteorder != "little":  # safetensors data are little-endian: let the library convert
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device="cpu")
-        except Exception as e:
-            raise ValueError(f"corrupt or unreadable safetensors file {path}: {type(e).__name__}: {e}") from None
-        return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state.items()}
-    size = path.stat().st_size
-
-    def corrupt(why):
-        return ValueError(f"corrupt or unreadable safetensors file {path}: {why}")
-
     out = {}
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise corrupt("file shorter than the 8-byte header length")
-        n = int.from_bytes(head, "little")
-        if n <= 0 or 8 + n > size:
-            raise corrupt(f"header length {n} does not fit in a file of {size} bytes")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise corrupt(f"header is not JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise corrupt("header is not a JSON object")
-        header.pop("__metadata__", None)
-        base = 8 + n
-        entries = []
-        for name, info in header.items():
-            try:
-                st_dtype, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
-                tdtype = _ST_DTYPES[st_dtype]
-            except (KeyError, TypeError, ValueError) as e:
-                raise corrupt(f"bad entry for tensor {name!r} ({type(e).__name__}: {e})") from None
-            numel = 1
-            for d in shape:
-                if d < 0:
-                    raise corrupt(f"negative dimension in tensor {name!r}")
-                numel *= d
-            nbytes = numel * torch.empty((), dtype=tdtype).element_size()
-            if not (isinstance(begin, int) and isinstance(end, int)) or end - begin != nbytes or begin < 0 \
-                    or base + end > size:
-                raise corrupt(f"tensor {name!r} ({st_dtype} {shape}) has data offsets {[begin, end]} that do not "
-                              f"match its size {nbytes} or lie beyond the end of the file ({size} bytes)")
-            entries.append((begin, name, tdtype, shape, nbytes))
-        for begin, name, tdtype, shape, nbytes in sorted(entries, key=lambda e: e[0]):
-            t = torch.empty(shape, dtype=tdtype)
-            if nbytes:
-                f.seek(base + begin)
-                buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-                got = f.readinto(buf)
-                if got != nbytes:
-                    raise corrupt(f"truncated data for tensor {name!r}")
-            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-                t = t.to(dtype)
-            out[name] = t
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                    t = t.to(dtype)
+                out[name] = t
+    except Exception as e:
+        raise ValueError(f"corrupt or unreadable safetensors file {path}: {type(e).__name__}: {e}") from None
     return out
 
 
@@ -251,21 +241,32 @@ def _load_bin(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.T
 def read_state_dict(folder, dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], Path]:
     """The checkpoint tensors of a folder (safetensors first, then ``pytorch_model.bin``) and the file read.
 
-    Floating tensors are cast to ``dtype`` when given.
+    Floating tensors are cast to ``dtype`` when given; otherwise to the dtype of the first floating
+    tensor read (a checkpoint mixing fp16 and fp32 tensors loads in one dtype, as in ``transformers``).
+    Integer and bool tensors keep theirs.
+
+    Raises:
+        FileNotFoundError: no weights file in ``folder``, or a shard the index names is absent.
+        ValueError: a corrupt weights file or shard index (names it).
     """
     folder = Path(folder)
     if (folder / SAFE_WEIGHTS_NAME).is_file():
-        return _load_safetensors(folder / SAFE_WEIGHTS_NAME, dtype), folder / SAFE_WEIGHTS_NAME
-    for index_name, loader in ((SAFE_WEIGHTS_INDEX_NAME, _load_safetensors), (WEIGHTS_INDEX_NAME, _load_bin)):
-        if (folder / index_name).is_file():
-            state = {}
-            weight_map = _read_index(folder / index_name)
-            for shard in sorted(set(weight_map.values())):
-                state.update(loader(folder / shard, dtype))
-            return state, folder / index_name
-    if (folder / WEIGHTS_NAME).is_file():
-        return _load_bin(folder / WEIGHTS_NAME, dtype), folder / WEIGHTS_NAME
-    raise FileNotFoundError(f"no weights in checkpoint directory {folder}: looked for {', '.join(WEIGHTS_NAMES)}")
+        state, source = _load_safetensors(folder / SAFE_WEIGHTS_NAME, dtype), folder / SAFE_WEIGHTS_NAME
+    elif (folder / SAFE_WEIGHTS_INDEX_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file():
+        safe = (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
+        source = folder / (SAFE_WEIGHTS_INDEX_NAME if safe else WEIGHTS_INDEX_NAME)
+        loader = _load_safetensors if safe else _load_bin
+        state = {}
+        for shard in sorted(set(_read_index(source).values())):
+            state.update(loader(folder / shard, dtype))
+    elif (folder / WEIGHTS_NAME).is_file():
+        state, source = _load_bin(folder / WEIGHTS_NAME, dtype), folder / WEIGHTS_NAME
+    else:
+        raise FileNotFoundError(f"no weights in checkpoint directory {folder}: looked for {', '.join(WEIGHTS_NAMES)}")
+    if dtype is None:
+        dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    return state, source
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,6 +349,11 @@ def load_pretrained(cls, name_or_path, *, config=None, dtype=None, device=None, 
         config = BigBirdConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
     elif config_overrides:
         config = config.copy(**config_overrides)
+    if dtype is None and config.dtype is not None:
+        try:
+            dtype = _parse_dtype(config.dtype)
+        except ValueError:
+            raise ValueError(f"config of {folder} has an unknown dtype {config.dtype!r}; pass dtype=...") from None
     state, source = read_state_dict(folder, dtype)
 
     with torch.device("meta"):
@@ -360,14 +366,18 @@ def load_pretrained(cls, name_or_path, *, config=None, dtype=None, device=None, 
     missing = [k for k in expected if k not in mapped]
     mismatched = [(k, tuple(mapped[k].shape), tuple(expected[k].shape)) for k in expected
                   if k in mapped and tuple(mapped[k].shape) != tuple(expected[k].shape)]
+    # an integer or bool tensor where a floating weight belongs (or the reverse) is never cast
+    mistyped = [(k, mapped[k].dtype, expected[k].dtype) for k in expected
+                if k in mapped and mapped[k].is_floating_point() != expected[k].is_floating_point()]
     to_init = [k for k in missing if _matches(k, allow_missing)]
-    to_init += [k for k, _, _ in mismatched if _matches(k, allow_missing)]
+    to_init += [k for k, _, _ in mismatched + mistyped if _matches(k, allow_missing) and k not in to_init]
     bad_missing = [k for k in missing if k not in to_init]
     bad_shape = [m for m in mismatched if m[0] not in to_init]
+    bad_dtype = [m for m in mistyped if m[0] not in to_init]
     # a key of a head we re-initialise may also appear as an unexpected checkpoint key: drop it
     bad_unexpected = [k for k in unexpected if not _matches(k, allow_missing)]
     dropped += [k for k in unexpected if k not in bad_unexpected]
-    if bad_missing or bad_shape or bad_unexpected:
+    if bad_missing or bad_shape or bad_dtype or bad_unexpected:
         lines = [f"cannot load {source} into {cls.__name__}:"]
         if bad_missing:
             lines.append(f"  missing keys ({len(bad_missing)}): {', '.join(bad_missing)}")
@@ -376,9 +386,12 @@ def load_pretrained(cls, name_or_path, *, config=None, dtype=None, device=None, 
         if bad_shape:
             lines.append(f"  mis-shaped keys ({len(bad_shape)}): "
                          + ", ".join(f"{k} checkpoint {a} vs model {b}" for k, a, b in bad_shape))
-        hint = sorted({k.split(".")[0] + ".*" for k in bad_missing + [m[0] for m in bad_shape]})
+        if bad_dtype:
+            lines.append(f"  wrongly typed keys ({len(bad_dtype)}): "
+                         + ", ".join(f"{k} checkpoint {a} vs model {b}" for k, a, b in bad_dtype))
+        hint = sorted({k.split(".")[0] + ".*" for k in bad_missing + [m[0] for m in bad_shape + bad_dtype]})
         if hint:
-            lines.append(f"  to initialise missing or mis-shaped weights freshly, pass allow_missing={tuple(hint)!r} "
+            lines.append(f"  to initialise missing, mis-shaped or wrongly typed weights freshly, pass allow_missing={tuple(hint)!r} "
                          "(or narrower patterns)")
         if bad_unexpected:
             lines.append("  to drop unexpected keys, pass ignore_unexpected=(patterns, ...)")
@@ -418,9 +431,19 @@ def load_pretrained(cls, name_or_path, *, config=None, dtype=None, device=None, 
 
 
 def save_pretrained(model, save_directory, *, safe_serialization: bool = True) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``); tied copies stored once."""
+    """Write ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``); tied copies stored once.
+
+    Both files are written to temporary files in ``save_directory`` and swapped in only when both are
+    complete (:func:`bigbird.atomic.write_files_atomically`); the weights files of an older save
+    (another format, or a sharded index and the shards it names) are removed after that. A save that
+    fails or is interrupted leaves the previous checkpoint loadable and complete.
+
+    Raises:
+        OSError: a file cannot be written (disk full, no permission; names the file).
+    """
+    from .atomic import write_files_atomically
+
     d = Path(save_directory)
-    d.mkdir(parents=True, exist_ok=True)
     tied = model.tied_keys()
     state = {}
     for k, v in model.state_dict().items():
@@ -432,10 +455,7 @@ def save_pretrained(model, save_directory, *, safe_serialization: bool = True) -
         architectures=[type(model).__name__],
         dtype=str(params[0].dtype).replace("torch.", "") if params else None,
     )
-    config.save_pretrained(d)
-    for stale in WEIGHTS_NAMES:  # never leave weights of an older save next to the new ones
-        if (d / stale).exists():
-            (d / stale).unlink()
+    config_text = config.to_json_string()
     if safe_serialization:
         from safetensors.torch import save_file
 
@@ -446,7 +466,23 @@ def save_pretrained(model, save_directory, *, safe_serialization: bool = True) -
             if v.numel() and ptr in seen:
                 state[k] = v.clone()
             seen.add(ptr)
-        save_file(state, str(d / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        weights_name = SAFE_WEIGHTS_NAME
+
+        def write_weights(tmp):
+            save_file(state, str(tmp), metadata={"format": "pt"})
     else:
-        torch.save(state, d / WEIGHTS_NAME)
+        weights_name = WEIGHTS_NAME
+
+        def write_weights(tmp):
+            torch.save(state, tmp)
+    # never leave weights of an older save next to the new ones: other formats, old shards
+    stale = list(WEIGHTS_NAMES)
+    for index_name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
+        if (d / index_name).is_file():
+            try:
+                stale += sorted(set(_read_index(d / index_name).values()))
+            except ValueError:  # an unreadable old index: its shards cannot be known, leave them
+                pass
+    write_files_atomically(d, {weights_name: write_weights,
+                               CONFIG_NAME: lambda tmp: tmp.write_text(config_text, encoding="utf-8")}, stale)
     return d

@@ -117,14 +117,19 @@ class BigBirdConfig:
       model and device); None draws from torch's default generator of the device.
     * ``window_blocks`` (3): width of the sliding window in blocks (odd). HF is fixed at 3.
     * ``global_blocks`` ((0, -1)): blocks that are global (attend to and are attended by every block);
-      negative ids count from the end. HF is fixed at first and last.
+      integers (not bool), negative ids count from the end. HF is fixed at first and last. Every id
+      must name a block of the shortest input block-sparse attention runs on, which has
+      ``6 + 2 * num_random_blocks`` blocks (inputs of up to ``(5 + 2 r) * block_size`` tokens run
+      full attention): ids lie in ``[-(6 + 2 r), 6 + 2 r)``. Checked when the config is built or
+      loaded, not on the first long input.
     * ``attention_backend`` ("auto"): backend of :func:`bigbird_kernels.block_sparse_attention`.
     * ``gradient_checkpointing`` (False): recompute each encoder layer in backward
       (``torch.utils.checkpoint``, non-reentrant) instead of storing its activations.
 
     Invalid combinations (``hidden_size % num_attention_heads != 0``, unknown ``attention_type`` /
-    ``layout_mode`` / ``hidden_act``, ``block_size < 1``, ``num_random_blocks < 0``, even window, ...)
-    raise ``ValueError`` naming the field.
+    ``layout_mode`` / ``hidden_act``, ``block_size < 1``, ``num_random_blocks < 0``, even window,
+    non-integer or out-of-range ``global_blocks``, ...) raise ``ValueError`` naming the field, from
+    the constructor, :meth:`from_dict`, :meth:`from_json_file` and :meth:`from_pretrained` alike.
     """
 
     model_type = "big_bird"
@@ -220,6 +225,16 @@ class BigBirdConfig:
             isinstance(g, int) and not isinstance(g, bool) for g in self.global_blocks
         ):
             raise ValueError(f"BigBirdConfig.global_blocks must be a sequence of block ids, got {self.global_blocks!r}")
+        # the shortest input block-sparse attention runs on has this many blocks; every id must name a
+        # block of it (and so of every longer input), or a long input would fail in the middle of a run
+        fewest = self.short_input_threshold // self.block_size + 1
+        out_of_range = [g for g in self.global_blocks if not -fewest <= g < fewest]
+        if out_of_range:
+            raise ValueError(
+                f"BigBirdConfig.global_blocks {list(self.global_blocks)}: block ids {out_of_range} are out of range; "
+                f"block-sparse inputs may have as few as {fewest} blocks (5 + 2 * num_random_blocks + 1), so ids "
+                f"must lie in [-{fewest}, {fewest})"
+            )
         from bigbird_kernels.dispatch import BACKEND_NAMES
 
         if self.attention_backend != "auto" and self.attention_backend not in BACKEND_NAMES:
@@ -302,11 +317,18 @@ class BigBirdConfig:
         return cls.from_json_file(folder / CONFIG_NAME, **overrides)
 
     def save_pretrained(self, save_directory) -> Path:
-        """Write ``config.json`` into ``save_directory`` (created if needed); returns its path."""
-        d = Path(save_directory)
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / CONFIG_NAME
-        path.write_text(self.to_json_string(), encoding="utf-8")
+        """Write ``config.json`` into ``save_directory`` (created if needed); returns its path.
+
+        The file is replaced atomically (see :mod:`bigbird.atomic`): a failed or interrupted save
+        leaves the previous ``config.json`` as it was.
+
+        Raises:
+            OSError: the file cannot be written (names it).
+        """
+        from .atomic import write_files_atomically
+
+        text = self.to_json_string()
+        (path,) = write_files_atomically(save_directory, {CONFIG_NAME: lambda tmp: tmp.write_text(text, encoding="utf-8")})
         return path
 
     def copy(self, **overrides) -> BigBirdConfig:

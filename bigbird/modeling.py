@@ -546,7 +546,9 @@ class BigBirdModel(BigBirdPreTrainedModel):
         """Encode a batch.
 
         Args:
-            input_ids: ``(B, n)`` token ids in ``[0, vocab_size)``; or ``inputs_embeds (B, n, hidden)``.
+            input_ids: ``(B, n)`` int64 or int32 token ids in ``[0, vocab_size)``; or
+                ``inputs_embeds (B, n, hidden)``. Any other dtype (float, bool, unsigned, int8, int16)
+                raises ``TypeError``; ids out of range or wrong shapes raise ``ValueError``.
             attention_mask: ``(B, n)``, 1/True = real token (right padding expected).
             token_type_ids, position_ids: ``(B, n)`` (default zeros and ``0..n-1``).
             output_attentions, output_hidden_states: return per-layer probabilities / hidden states
@@ -635,8 +637,8 @@ def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, to
     if input_ids is not None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {_shape(input_ids)}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+        if input_ids.dtype not in (torch.int64, torch.int32):  # what the embedding takes
+            raise TypeError(f"input_ids must be integer token ids of dtype int64 or int32, got {input_ids.dtype}")
         B, n = input_ids.shape
         device = input_ids.device
     else:

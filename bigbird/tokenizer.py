@@ -271,17 +271,27 @@ class BigBirdTokenizer:
           optional ``tokenizer_config.json`` there supplies the special token names;
         * a path to a ``.model`` SentencePiece file or a ``.json`` tokenizers file.
 
-        Keyword arguments (``cls_token="[CLS]"``, ...) override the special token names.
-        Raises ``FileNotFoundError`` when nothing loadable is found.
+        A leading ``~`` is expanded. Keyword arguments (``cls_token="[CLS]"``, ...) override the
+        special token names. The tokenizer is never looked up on the Hugging Face hub.
+
+        Raises:
+            FileNotFoundError: the path does not exist (names it), or a folder holds no tokenizer file.
+            ValueError: a file of another kind, a corrupt file, or special tokens not in the vocab.
         """
-        path = Path(path)
+        given = os.fspath(path)
+        path = Path(os.path.expanduser(given))
         names: dict[str, str] = {}
         spiece_file: Path | None = None
         tokenizer_file: Path | None = None
         if path.is_dir():
             config_file = path / CONFIG_FILE
             if config_file.is_file():
-                config = json.loads(config_file.read_text(encoding="utf-8"))
+                try:
+                    config = json.loads(config_file.read_text(encoding="utf-8"))
+                except ValueError as e:  # also not UTF-8
+                    raise ValueError(f"{config_file} is not valid JSON: {e}") from None
+                if not isinstance(config, dict):
+                    raise ValueError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
                 for key in DEFAULT_SPECIAL_TOKENS:
                     name = _token_name(config.get(key))
                     if name is not None:
@@ -303,7 +313,7 @@ class BigBirdTokenizer:
                 raise ValueError(f"{path}: expected a folder, a SentencePiece '.model' file or a tokenizers '.json' file")
         else:
             raise FileNotFoundError(
-                f"tokenizer path {str(path)!r} does not exist (expected a folder with {TOKENIZER_FILE!r} "
+                f"tokenizer path {given!r} does not exist ({path.absolute()}; expected a folder with {TOKENIZER_FILE!r} "
                 f"or {SPIECE_FILE!r}, or one of those files)"
             )
         names.update(special_tokens)
@@ -311,7 +321,10 @@ class BigBirdTokenizer:
         if tokenizer_file is not None:
             from tokenizers import Tokenizer
 
-            backend = Tokenizer.from_file(str(tokenizer_file))
+            try:
+                backend = Tokenizer.from_file(str(tokenizer_file))
+            except Exception as e:  # the library raises a bare Exception
+                raise ValueError(f"{tokenizer_file} is not a valid tokenizers file: {e}") from None
         else:
             backend = _build_backend(_read_spiece(spiece_file), full_names)
         return cls(backend, full_names, spiece_file=spiece_file)
@@ -319,24 +332,25 @@ class BigBirdTokenizer:
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` (and ``spiece.model`` when loaded
         from one) to ``save_directory``; ``transformers.AutoTokenizer.from_pretrained`` on that folder
-        gives the same ids as this tokenizer. Returns the written paths."""
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        tokenizer_file = out / TOKENIZER_FILE
-        self.backend.save(str(tokenizer_file))
-        written.append(str(tokenizer_file))
-        if self._spiece_file is not None:
-            target = out / SPIECE_FILE
-            if not (target.exists() and os.path.samefile(target, self._spiece_file)):
-                shutil.copyfile(self._spiece_file, target)
-            written.append(str(target))
+        gives the same ids as this tokenizer. Returns the written paths.
+
+        The files are swapped in atomically once all are written (see :mod:`bigbird.atomic`): a save
+        that fails or is interrupted leaves the previous tokenizer files as they were.
+
+        Raises:
+            OSError: a file cannot be written (disk full, no permission; names the file).
+        """
+        from .atomic import write_files_atomically
+
         config: dict[str, Any] = {"tokenizer_class": "BigBirdTokenizer", "add_prefix_space": True}
         config.update(self.special_tokens)
-        config_file = out / CONFIG_FILE
-        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(str(config_file))
-        return tuple(written)
+        config_text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        writers = {TOKENIZER_FILE: lambda tmp: self.backend.save(str(tmp))}
+        if self._spiece_file is not None:
+            spiece_file = self._spiece_file
+            writers[SPIECE_FILE] = lambda tmp: shutil.copyfile(spiece_file, tmp)
+        writers[CONFIG_FILE] = lambda tmp: tmp.write_text(config_text, encoding="utf-8")
+        return tuple(str(p) for p in write_files_atomically(save_directory, writers))
 
     # -- vocab and special tokens ----------------------------------------------------------------
 

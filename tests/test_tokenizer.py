@@ -532,6 +532,45 @@ def test_from_pretrained_errors(tiny_model, tmp_path):
         BigBirdTokenizer.from_pretrained(tiny_model, cls_token="[NOPE]")
 
 
+@pytest.mark.parametrize("content", [b"{bad", b"\xff\xfe", b"[1, 2]"])
+@pytest.mark.parametrize("file", ["tokenizer.json", "tokenizer_config.json"])
+def test_corrupt_files_are_value_errors_naming_them(tiny, tmp_path, file, content):
+    tiny.save_pretrained(tmp_path)
+    (tmp_path / file).write_bytes(content)
+    with pytest.raises(ValueError, match=file.replace(".", r"\.")):
+        BigBirdTokenizer.from_pretrained(tmp_path)
+
+
+def test_home_relative_path(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tiny.save_pretrained(tmp_path / "tok")
+    assert BigBirdTokenizer.from_pretrained("~/tok").vocab_size == tiny.vocab_size
+    with pytest.raises(FileNotFoundError, match=r"'~/typo'.*does not exist"):
+        BigBirdTokenizer.from_pretrained("~/typo")
+
+
+@pytest.mark.parametrize("patched", ["shutil.copyfile", "pathlib.Path.write_text"])
+def test_interrupted_save_keeps_the_old_files(tiny, tiny_model, tmp_path, monkeypatch, patched):
+    """An interrupt while writing spiece.model or tokenizer_config.json leaves the previous files as they were."""
+    import pathlib
+
+    folder = tmp_path / "tok"
+    BigBirdTokenizer.from_pretrained(tiny_model, mask_token="<unk>").save_pretrained(folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    owner, name = patched.rsplit(".", 1)
+    target = shutil if owner == "shutil" else pathlib.Path
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, name, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny.save_pretrained(folder)
+    monkeypatch.undo()
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert BigBirdTokenizer.from_pretrained(folder).special_tokens["mask_token"] == "<unk>"
+
+
 def test_tensors(tiny, tiny_words):
     torch = pytest.importorskip("torch")
     np = pytest.importorskip("numpy")
