@@ -48,12 +48,16 @@ def write_files_atomically(folder, writers: dict[str, Callable[[Path], None]], s
         The final paths, in the order of ``writers``.
 
     Raises:
-        OSError: a writer failed (disk full, no permission, ...); names the file. The old files are
-            untouched and no temporary file is left.
+        OSError: a writer failed (disk full, no permission, ...), or ``IsADirectoryError`` when a
+            target name is a folder; names the file. The old files are untouched and no temporary
+            file is left.
         KeyboardInterrupt (and other ``BaseException``): re-raised unchanged, after the same cleanup.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for name in writers:  # os.replace cannot put a file over a folder: refuse before anything is written
+        if (folder / name).is_dir():
+            raise IsADirectoryError(f"cannot write {folder / name}: it is a directory")
     tag = uuid.uuid4().hex[:12]
     temps: dict[str, Path] = {}
     try:

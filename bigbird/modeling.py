@@ -415,7 +415,8 @@ class BigBirdPreTrainedModel(nn.Module):
                 fetched with ``huggingface_hub`` into its cache (offline when ``HF_HUB_OFFLINE=1``).
             config: use this config instead of the checkpoint's ``config.json``.
             dtype: cast floating weights to this dtype (``torch.dtype`` or a name such as "bfloat16");
-                None keeps the checkpoint's dtype.
+                None takes the config's ``dtype`` (``torch_dtype``), else the first floating tensor's, so
+                a checkpoint mixing fp16 and fp32 loads in one dtype (``model.dtype``), as in transformers.
             device: move the model there after loading.
             local_files_only, revision, cache_dir: hub options (``local_files_only`` defaults to True
                 when ``HF_HUB_OFFLINE`` is set).
@@ -433,9 +434,11 @@ class BigBirdPreTrainedModel(nn.Module):
                 ``layout_mode="seeded"``, ``attention_backend="reference"``).
 
         Raises:
-            FileNotFoundError: no config or weights where looked (names the folder and the files).
-            ValueError: corrupt weights file (names it), or missing / unexpected / mis-shaped keys
-                (one error naming all of them).
+            FileNotFoundError: no config or weights where looked (names the folder and the files); a
+                name that looks like a local path (``./x``, ``~/x``, ``dir/typo`` with ``dir`` present)
+                and does not exist, at once, with no hub look-up.
+            ValueError: corrupt weights file or shard index (names it; a shard outside the folder too),
+                or missing / unexpected / mis-shaped / wrongly typed keys (one error naming all of them).
         """
         from .checkpoint import load_pretrained
 
@@ -459,7 +462,11 @@ class BigBirdPreTrainedModel(nn.Module):
 
         ``transformers``' ``BigBirdFor*.from_pretrained(save_directory)`` loads the result with no missing
         or unexpected keys. ``safe_serialization=False`` writes ``pytorch_model.bin`` instead.
-        Returns the directory as a ``Path``.
+        Returns the directory as a ``Path``. The files are swapped in atomically once written: a save
+        that fails or is interrupted leaves the previous checkpoint loadable and complete.
+
+        Raises:
+            OSError: a file cannot be written (disk full, no permission; names it).
         """
         from .checkpoint import save_pretrained
 

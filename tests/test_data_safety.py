@@ -163,6 +163,21 @@ def test_interrupted_config_write_keeps_the_old_checkpoint(tmp_path, monkeypatch
     _assert_loads_as(folder, old)
 
 
+def test_save_where_a_file_is_a_folder_changes_nothing(tmp_path):
+    folder = tmp_path / "ckpt"
+    old = _model(1)
+    old.save_pretrained(folder, safe_serialization=False)
+    (folder / "model.safetensors").mkdir()
+    before = _files_and_folders(folder)
+    with pytest.raises(IsADirectoryError, match="model.safetensors"):
+        _model(2).save_pretrained(folder)
+    assert _files_and_folders(folder) == before
+
+
+def _files_and_folders(folder):
+    return {f: (folder / f).read_bytes() if (folder / f).is_file() else "dir" for f in sorted(os.listdir(folder))}
+
+
 def test_save_over_sharded_checkpoint_replaces_it(tmp_path):
     folder = tmp_path / "ckpt"
     hf_model("BigBirdForMaskedLM").save_pretrained(folder, max_shard_size="20KB")
