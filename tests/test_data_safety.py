@@ -23,6 +23,7 @@ import bigbird
 from bigbird import BigBirdConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="resource.RLIMIT_FSIZE is POSIX")
 
 
 def _model(seed: int, **cfg):
@@ -45,11 +46,11 @@ def _assert_loads_as(folder, model):
 # --------------------------------------------------------------------------------------------------
 
 _DISK_FULL = textwrap.dedent("""
-    import resource, signal, sys, torch
+    import json, resource, signal, sys, torch
     import bigbird
     from bigbird import BigBirdConfig
-    what, folder, limit, cfg = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
-    torch.manual_seed(12345)
+    what, folder, limit, cfg = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+    torch.manual_seed(12345)  # weights unlike the old checkpoint's
     if what == "tokenizer":
         from bigbird.tokenizer import BigBirdTokenizer
         obj = BigBirdTokenizer.from_pretrained(cfg["source"])
@@ -69,13 +70,13 @@ _DISK_FULL = textwrap.dedent("""
 def _save_with_file_size_limit(what: str, folder, limit: int, cfg: dict) -> str:
     """Run ``save_pretrained`` of a fresh object in a subprocess where no file may exceed ``limit`` bytes."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _DISK_FULL, what, str(folder), str(limit), repr(cfg)],
+    proc = subprocess.run([sys.executable, "-c", _DISK_FULL, what, str(folder), str(limit), json.dumps(cfg)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 3, f"expected an error from the save; rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@POSIX_ONLY
 @pytest.mark.parametrize("sharded", [False, True])
 def test_disk_full_save_keeps_the_old_checkpoint(tmp_path, sharded):
     folder = tmp_path / "ckpt"
@@ -95,7 +96,7 @@ def test_disk_full_save_keeps_the_old_checkpoint(tmp_path, sharded):
     assert out.startswith(f"OSError: cannot write {folder / 'model.safetensors'}"), out
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@POSIX_ONLY
 def test_disk_full_config_save_keeps_the_old_config(tmp_path):
     BigBirdConfig(**tiny_kwargs(hidden_size=64)).save_pretrained(tmp_path)
     before = _files(tmp_path)
@@ -105,7 +106,7 @@ def test_disk_full_config_save_keeps_the_old_config(tmp_path):
     assert out.startswith(f"OSError: cannot write {tmp_path / 'config.json'}"), out
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@POSIX_ONLY
 def test_disk_full_tokenizer_save_keeps_the_old_files(tmp_path, tiny_model):
     from bigbird.tokenizer import BigBirdTokenizer
 
