@@ -229,6 +229,16 @@ def test_mixed_dtype_checkpoint_loads_in_one_dtype(tmp_path, config_dtype):
             assert torch.isfinite(m(ids).logits.float()).all()
 
 
+def test_unknown_config_dtype_is_named(tmp_path):
+    _model(4).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["dtype"] = "int8"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config of .* has an unknown dtype 'int8'; pass dtype="):
+        bigbird.BigBirdForMaskedLM.from_pretrained(tmp_path)
+    assert bigbird.BigBirdForMaskedLM.from_pretrained(tmp_path, dtype="float32").dtype == torch.float32
+
+
 def test_integer_tensor_for_a_float_weight_is_refused(tmp_path):
     _model(5).save_pretrained(tmp_path)
     state = load_file(str(tmp_path / "model.safetensors"))
