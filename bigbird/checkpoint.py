@@ -196,11 +196,13 @@ def _read_index(path: Path) -> dict[str, str]:
 
 
 def _load_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Read a safetensors file into CPU tensors with ``safetensors.safe_open`` (memory-mapped).
+    """Read a safetensors file into CPU tensors with ``safetensors.safe_open``.
 
     The library validates the header (JSON, dtypes, shapes against byte sizes, offsets that overlap,
-    leave gaps or run past the end of the file). Floating tensors are cast to ``dtype`` one at a time
-    when given. Any corrupt file raises ``ValueError`` naming it.
+    leave gaps or run past the end of the file) and memory-maps the file. Each tensor is copied out of
+    the map once (cast to ``dtype`` on the way for floating tensors, when given), so the weights never
+    depend on the file afterwards: rewriting it in place (as other tools save) cannot change or crash
+    a loaded model. Any corrupt file raises ``ValueError`` naming it.
     """
     from safetensors import safe_open
 
@@ -210,10 +212,9 @@ def _load_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str,
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
-                t = f.get_tensor(name)
-                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-                    t = t.to(dtype)
-                out[name] = t
+                t = f.get_tensor(name)  # a view of the map
+                cast = dtype is not None and t.is_floating_point() and t.dtype != dtype
+                out[name] = t.to(dtype) if cast else t.clone()
     except Exception as e:
         raise ValueError(f"corrupt or unreadable safetensors file {path}: {type(e).__name__}: {e}") from None
     return out
@@ -391,8 +392,8 @@ def load_pretrained(cls, name_or_path, *, config=None, dtype=None, device=None, 
                          + ", ".join(f"{k} checkpoint {a} vs model {b}" for k, a, b in bad_dtype))
         hint = sorted({k.split(".")[0] + ".*" for k in bad_missing + [m[0] for m in bad_shape + bad_dtype]})
         if hint:
-            lines.append(f"  to initialise missing, mis-shaped or wrongly typed weights freshly, pass allow_missing={tuple(hint)!r} "
-                         "(or narrower patterns)")
+            lines.append("  to initialise missing, mis-shaped or wrongly typed weights freshly, pass "
+                         f"allow_missing={tuple(hint)!r} (or narrower patterns)")
         if bad_unexpected:
             lines.append("  to drop unexpected keys, pass ignore_unexpected=(patterns, ...)")
         raise ValueError("\n".join(lines))

@@ -229,6 +229,20 @@ def test_mixed_dtype_checkpoint_loads_in_one_dtype(tmp_path, config_dtype):
             assert torch.isfinite(m(ids).logits.float()).all()
 
 
+def test_loaded_weights_do_not_depend_on_the_file(tmp_path):
+    """Another tool rewriting the file in place (no rename) must not change a model loaded from it."""
+    _model(4).save_pretrained(tmp_path)
+    m = bigbird.BigBirdForMaskedLM.from_pretrained(tmp_path)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    path = tmp_path / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header_end = 8 + struct.unpack("<Q", data[:8])[0]
+    data[header_end:] = bytes(len(data) - header_end)
+    with open(path, "r+b") as f:  # same inode: a memory map of it would see this
+        f.write(data)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
 def test_unknown_config_dtype_is_named(tmp_path):
     _model(4).save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
