@@ -306,7 +306,13 @@ class BigBirdConfig:
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, local_files_only=None, revision=None, cache_dir=None, **overrides):
-        """Read ``config.json`` from a directory, a file path, or a hub id (see :mod:`bigbird.checkpoint`)."""
+        """Read ``config.json`` from a directory, a file path, or a hub id (see :mod:`bigbird.checkpoint`).
+
+        Raises:
+            FileNotFoundError: no ``config.json`` there; a name that looks like a local path and does
+                not exist (at once, no hub look-up; see :func:`bigbird.checkpoint.looks_like_local_path`).
+            ValueError: not JSON, not a BigBird config, or an invalid field (named; see :meth:`validate`).
+        """
         p = Path(os.path.expanduser(str(name_or_path)))
         if p.is_file():
             return cls.from_json_file(p, **overrides)
