@@ -17,7 +17,8 @@ Conventions the README's blocks follow (the harness enforces them):
 
   An unknown directive fails the test.
 
-Tracebacks of a failing block carry README.md's own line numbers.
+Tracebacks of a failing block carry README.md's own line numbers. ``BIGBIRD_README=path`` runs the
+blocks of another copy (e.g. a README being rewritten).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -134,8 +136,6 @@ def _tiny_sentencepiece(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory) -> Path:
     """An offline hub cache holding a tiny random stand-in for each id of :data:`HUB_IDS`."""
-    import shutil
-
     import bigbird
     from bigbird.tokenizer import BigBirdTokenizer
 
