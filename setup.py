@@ -12,7 +12,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def cuda_extensions():
@@ -50,5 +50,16 @@ def cuda_extensions():
     return [ext], {"build_ext": BuildExtension}
 
 
+# The CUDA sources ship inside the package as bigbird_kernels/csrc/ (wheel and sdist), so an installed
+# package can JIT-build them; in a source checkout they stay at the repository root's csrc/.
+PACKAGES = find_packages(include=["bigbird_kernels*", "bigbird*"]) + ["bigbird_kernels.csrc"]
+PACKAGE_DIR = {"bigbird_kernels.csrc": "csrc"}
+PACKAGE_DATA = {
+    "bigbird_kernels": ["py.typed"],
+    "bigbird": ["py.typed"],
+    "bigbird_kernels.csrc": ["*.cu", "*.cuh", "*.cpp", "*.h", "*.hpp"],
+}
+
 ext_modules, cmdclass = cuda_extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data=PACKAGE_DATA, ext_modules=ext_modules,
+      cmdclass=cmdclass)

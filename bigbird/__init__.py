@@ -14,6 +14,8 @@ cache_dir=None, allow_missing=(), ignore_unexpected=(), **config_overrides)`` an
 ``save_pretrained(dir)``.
 """
 
+from bigbird_kernels._version import __version__
+
 from .config import BigBirdConfig
 from .heads import (
     BigBirdForCausalLM,

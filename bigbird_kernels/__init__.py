@@ -22,7 +22,7 @@ from .layout import (
 )
 from .reference import block_sparse_attention_probs, block_sparse_attention_ref
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _dispatch.load_backends()
 
