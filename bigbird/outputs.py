@@ -16,6 +16,7 @@ __all__ = [
     "BigBirdForPreTrainingOutput",
     "MaskedLMOutput",
     "CausalLMOutput",
+    "Seq2SeqLMOutput",
     "SequenceClassifierOutput",
     "MultipleChoiceModelOutput",
     "TokenClassifierOutput",
@@ -106,6 +107,25 @@ class CausalLMOutput(ModelOutput):
     hidden_states: Tensors | None = None
     attentions: Tensors | None = None
     cross_attentions: Tensors | None = None
+
+
+@dataclass
+class Seq2SeqLMOutput(ModelOutput):
+    """``BigBirdEncoderDecoderModel`` output (``transformers``' ``Seq2SeqLMOutput`` field order).
+
+    logits: ``(B, m, vocab)`` decoder logits. past_key_values: the decoder's cache (with ``use_cache``).
+    encoder_last_hidden_state: ``(B, n, hidden)``.
+    """
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    past_key_values: object | None = None
+    decoder_hidden_states: Tensors | None = None
+    decoder_attentions: Tensors | None = None
+    cross_attentions: Tensors | None = None
+    encoder_last_hidden_state: Tensor | None = None
+    encoder_hidden_states: Tensors | None = None
+    encoder_attentions: Tensors | None = None
 
 
 @dataclass
