@@ -131,6 +131,30 @@ class BigBirdEncoderDecoderModel(nn.Module):
             model.to(device)
         return model.eval()
 
+    def save_pretrained(self, save_directory) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` as ``transformers``' ``EncoderDecoderModel`` does
+        (tied decoder weights stored once); ``EncoderDecoderModel.from_pretrained`` loads the result."""
+        from safetensors.torch import save_file
+
+        c = self.config
+        d = Path(save_directory)
+        d.mkdir(parents=True, exist_ok=True)
+        config = {**c.extra, "architectures": ["EncoderDecoderModel"], "model_type": "encoder-decoder",
+                  "is_encoder_decoder": True, "encoder": c.encoder.to_dict(), "decoder": c.decoder.to_dict(),
+                  "decoder_start_token_id": c.decoder_start_token_id, "pad_token_id": c.pad_token_id}
+        if c.eos_token_id is not None:
+            config["eos_token_id"] = c.eos_token_id
+        (d / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        state = {}
+        for prefix, part in (("encoder", self.encoder), ("decoder", self.decoder), ("enc_to_dec_proj", self.enc_to_dec_proj)):
+            if part is None:
+                continue
+            tied = part.tied_keys() if hasattr(part, "tied_keys") else {}
+            state.update({f"{prefix}.{k}": v.detach().to("cpu").contiguous() for k, v in part.state_dict().items()
+                          if k not in tied})
+        save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+        return d
+
     def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
                output_attentions=None, output_hidden_states=None):
         """The encoder output (``BaseModelOutputWithPooling``) and the states the decoder attends to."""

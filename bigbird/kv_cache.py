@@ -11,6 +11,8 @@ once and reused). This is ``transformers``' legacy tuple layout.
 object with ``layers[i].keys / .values`` and ``update(k, v, layer_idx)``) for self-attention, and an
 ``EncoderDecoderCache`` (``self_attention_cache`` + ``cross_attention_cache``) with cross-attention.
 They are updated in place (the new keys and values appended) and returned, as ``transformers`` does.
+A plain ``DynamicCache`` given to a model with cross-attention keeps only the self-attention keys, so
+``encoder_hidden_states`` must then come with every call (they are projected again each time).
 """
 
 from __future__ import annotations

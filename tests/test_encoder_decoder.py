@@ -123,3 +123,20 @@ def test_encoder_decoder_with_different_widths_uses_the_projection(tmp_path):
         ref = oracle(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
         got = ours(ids, attention_mask=mask, decoder_input_ids=dec).logits
     print("error:", assert_close(got, ref, TOL, "logits"))
+
+
+def test_save_pretrained_loads_back_in_transformers_and_ours(tmp_path):
+    folder, _ = _checkpoint(tmp_path)
+    ours = BigBirdEncoderDecoderModel.from_pretrained(folder)
+    ours.save_pretrained(tmp_path / "saved")
+    hf, info = transformers.EncoderDecoderModel.from_pretrained(tmp_path / "saved", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    original = transformers.EncoderDecoderModel.from_pretrained(folder)
+    for k, v in original.state_dict().items():
+        assert torch.equal(hf.state_dict()[k], v), k
+    again = BigBirdEncoderDecoderModel.from_pretrained(tmp_path / "saved")
+    ids, mask = make_batch(2, 30, pad=(0, 4))
+    dec = torch.randint(3, VOCAB, (2, 3))
+    with torch.no_grad():
+        assert torch.equal(again(ids, attention_mask=mask, decoder_input_ids=dec).logits,
+                           ours(ids, attention_mask=mask, decoder_input_ids=dec).logits)
