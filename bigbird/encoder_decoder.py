@@ -28,6 +28,7 @@ from torch import nn
 
 from .checkpoint import CONFIG_NAME, _map_keys, _parse_dtype, read_state_dict, resolve_checkpoint_dir
 from .config import BigBirdConfig
+from .generation import UNSET
 from .heads import BigBirdForCausalLM
 from .modeling import BigBirdModel
 from .outputs import Seq2SeqLMOutput
@@ -213,8 +214,8 @@ class BigBirdEncoderDecoderModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, decoder_start_token_id=None,
-                 max_new_tokens: int = 20, eos_token_id=BigBirdForCausalLM._UNSET,
-                 pad_token_id=BigBirdForCausalLM._UNSET, **sampling) -> torch.Tensor:
+                 max_new_tokens: int = 20, eos_token_id=UNSET,
+                 pad_token_id=UNSET, **sampling) -> torch.Tensor:
         """Encode once, then decode from ``decoder_start_token_id`` with the cache.
 
         Returns ``(B, 1 + k)``: the start token and ``k <= max_new_tokens`` new tokens. ``eos_token_id``
@@ -226,9 +227,9 @@ class BigBirdEncoderDecoderModel(nn.Module):
         start = c.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
         if start is None:
             raise ValueError("generate needs decoder_start_token_id (argument or config.json)")
-        if eos_token_id is BigBirdForCausalLM._UNSET:
+        if eos_token_id is UNSET:
             eos_token_id = c.eos_token_id if c.eos_token_id is not None else c.decoder.eos_token_id
-        if pad_token_id is BigBirdForCausalLM._UNSET:
+        if pad_token_id is UNSET:
             pad_token_id = c.pad_token_id if c.pad_token_id is not None else c.decoder.pad_token_id
         _, states = self.encode(input_ids, attention_mask, None, inputs_embeds)
         B = states.shape[0]

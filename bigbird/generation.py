@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["GenerationMixin", "next_tokens"]
+__all__ = ["GenerationMixin", "next_tokens", "UNSET"]
+
+UNSET = object()  # default of eos_token_id / pad_token_id: the checkpoint's value (None means "none")
 
 
 def next_tokens(logits: torch.Tensor, *, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
@@ -59,12 +61,10 @@ class GenerationMixin:
     returning ``(next-token logits (B, V), cache)`` and a ``config`` with ``max_position_embeddings``,
     ``vocab_size``, ``eos_token_id`` and ``pad_token_id``."""
 
-    _UNSET = object()
-
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, eos_token_id=_UNSET, pad_token_id=_UNSET,
+                 top_k: int | None = None, top_p: float | None = None, eos_token_id=UNSET, pad_token_id=UNSET,
                  generator: torch.Generator | None = None, seed: int | None = None, **model_kwargs) -> torch.Tensor:
         """Continue ``input_ids (B, n)`` (left-padded as ``attention_mask (B, n)`` says) by up to ``max_new_tokens``.
 
@@ -85,8 +85,8 @@ class GenerationMixin:
                 ``max_position_embeddings``.
         """
         c = self.config
-        eos = _eos_list(c.eos_token_id if eos_token_id is self._UNSET else eos_token_id)
-        pad = c.pad_token_id if pad_token_id is self._UNSET else pad_token_id
+        eos = _eos_list(c.eos_token_id if eos_token_id is UNSET else eos_token_id)
+        pad = c.pad_token_id if pad_token_id is UNSET else pad_token_id
         if pad is None:
             pad = eos[0] if eos else 0
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:

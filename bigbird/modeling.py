@@ -20,6 +20,10 @@ What one forward does (``hf_bigbird_behaviour.md`` sections 1, 3, 4):
   ``attentions`` (Hugging Face un-pads only the first).
 * **Layouts.** Layer ``i`` reads ``bigbird_kernels.get_layout(config.layout_mode, layer_idx=i, ...)``
   for the padded length and ``self.training``; ``"hf"`` reproduces Hugging Face bit for bit.
+* **Decoder.** Causal calls take and return a key/value cache (``past_key_values``, ``use_cache``;
+  :mod:`bigbird.kv_cache`); default position ids continue from the cached length. With
+  ``add_cross_attention`` (and ``is_decoder``) every layer has a ``crossattention`` block over
+  ``encoder_hidden_states`` (its projected keys/values are cached too).
 * **Attentions** (``output_attentions=True`` only): for block-sparse layers the true probabilities,
   a dense ``(B, H, n, n)`` tensor computed from the scores, the ``log(count)`` bias of duplicated
   blocks (duplicates summed) and the key mask; rows of padded queries are 0. Hugging Face's matrix

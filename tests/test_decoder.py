@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_model_utils import VOCAB, assert_close, hf_and_ours, hf_model, tiny_kwargs
+from test_model_utils import VOCAB, assert_close, hf_and_ours, tiny_kwargs
 
 import bigbird
 
@@ -215,3 +215,18 @@ def test_bad_cache_and_encoder_inputs_raise_clear_errors():
             encoder(ids, use_cache=True)
     with pytest.raises(ValueError, match="needs is_decoder=True"):
         bigbird.BigBirdForCausalLM(bigbird.BigBirdConfig(**tiny_kwargs(add_cross_attention=True)))
+
+
+def test_why_cross_attention_parity_uses_bert(tmp_path):
+    """transformers' BigBird decoder layer feeds the encoder states to its self-attention: with cross-attention
+    its logits at a position ignore every earlier decoder token. Ours (and Bert's) do not. If this starts
+    failing, transformers fixed it and test_cross_attention_parity_and_checkpoint_names can use BigBird itself."""
+    hf, ours = hf_and_ours("BigBirdForCausalLM", tmp_path, add_cross_attention=True)
+    ids = torch.randint(3, VOCAB, (1, 6))
+    changed = ids.clone()
+    changed[0, 0] = 3 + (ids[0, 0] - 2) % (VOCAB - 3)  # another token at position 0
+    enc = torch.randn(1, 4, 32)
+    with torch.no_grad():
+        hf_diff = (hf(ids, encoder_hidden_states=enc).logits - hf(changed, encoder_hidden_states=enc).logits)[0, 1:]
+        our_diff = (ours(ids, encoder_hidden_states=enc).logits - ours(changed, encoder_hidden_states=enc).logits)[0, 1:]
+    assert hf_diff.abs().max() == 0 and our_diff.abs().max() > 0
