@@ -8,7 +8,9 @@ Classes (parameter names equal ``transformers``' state-dict keys): :class:`BigBi
 :class:`BigBirdModel`, :class:`BigBirdForPreTraining`, :class:`BigBirdForMaskedLM`,
 :class:`BigBirdForCausalLM`, :class:`BigBirdForSequenceClassification`,
 :class:`BigBirdForMultipleChoice`, :class:`BigBirdForTokenClassification`,
-:class:`BigBirdForQuestionAnswering` and :class:`BigBirdTokenizer`. Every model class has
+:class:`BigBirdForQuestionAnswering`, :class:`BigBirdEncoderDecoderModel` (loads ``transformers``'
+``EncoderDecoderModel`` checkpoints of two BigBirds) and :class:`BigBirdTokenizer`.
+``BigBirdForCausalLM`` and ``BigBirdEncoderDecoderModel`` have ``generate()`` (:mod:`bigbird.generation`). Every model class has
 ``from_pretrained(dir_or_hub_id, *, dtype=None, device=None, local_files_only=None, revision=None,
 cache_dir=None, allow_missing=(), ignore_unexpected=(), **config_overrides)`` and
 ``save_pretrained(dir)``.
@@ -26,6 +28,7 @@ from .heads import (
     BigBirdForSequenceClassification,
     BigBirdForTokenClassification,
 )
+from .encoder_decoder import BigBirdEncoderDecoderConfig, BigBirdEncoderDecoderModel
 from .modeling import BigBirdModel, BigBirdPreTrainedModel
 from .outputs import (
     BaseModelOutputWithPooling,
@@ -35,6 +38,7 @@ from .outputs import (
     ModelOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
+    Seq2SeqLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
@@ -50,6 +54,8 @@ __all__ = [
     "BigBirdForMultipleChoice",
     "BigBirdForTokenClassification",
     "BigBirdForQuestionAnswering",
+    "BigBirdEncoderDecoderConfig",
+    "BigBirdEncoderDecoderModel",
     "BigBirdTokenizer",
     "ModelOutput",
     "BaseModelOutputWithPooling",
@@ -60,6 +66,7 @@ __all__ = [
     "MultipleChoiceModelOutput",
     "TokenClassifierOutput",
     "QuestionAnsweringModelOutput",
+    "Seq2SeqLMOutput",
 ]
 
 

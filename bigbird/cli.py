@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         _output_options(p)
         p.set_defaults(func=_run_task, task=task)
 
+    from .cli_generate import add_generate_parser  # `bigbird generate` (causal LM / encoder-decoder)
+
+    add_generate_parser(sub, _Formatter)
+
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks of the attention op and the model.",
                            formatter_class=_Formatter)
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)

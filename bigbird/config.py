@@ -99,8 +99,8 @@ class BigBirdConfig:
     0.02, ``layer_norm_eps`` 1e-12, ``use_cache`` True, ``pad_token_id`` 0, ``bos_token_id`` 1,
     ``eos_token_id`` 2, ``sep_token_id`` 66, ``attention_type`` "block_sparse" (or "original_full"),
     ``use_bias`` True, ``rescale_embeddings`` False, ``block_size`` 64, ``num_random_blocks`` 3,
-    ``classifier_dropout`` None, ``is_decoder`` False, ``add_cross_attention`` False (not supported by
-    our model), ``tie_word_embeddings`` True, plus the generic ``architectures``, ``id2label`` /
+    ``classifier_dropout`` None, ``is_decoder`` False, ``add_cross_attention`` False (True needs
+    ``is_decoder``), ``tie_word_embeddings`` True, plus the generic ``architectures``, ``id2label`` /
     ``label2id`` / ``num_labels`` (default 2), ``problem_type``, ``output_hidden_states``,
     ``output_attentions``, ``return_dict``, ``dtype``, ``chunk_size_feed_forward``,
     ``is_encoder_decoder``. Any other keyword (or unknown ``config.json`` key) is kept as an attribute

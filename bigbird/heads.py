@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BigBirdConfig
+from .generation import GenerationMixin
 from .modeling import BigBirdIntermediate, BigBirdModel, BigBirdOutput, BigBirdPreTrainedModel, get_activation
 from .outputs import (
     BigBirdForPreTrainingOutput,
@@ -195,14 +196,21 @@ class BigBirdForMaskedLM(_BigBirdLMBase):
         return res.to_tuple() if return_dict is False else res
 
 
-class BigBirdForCausalLM(_BigBirdLMBase):
-    """Left-to-right LM with the MLM head (``cls.predictions``).
+class BigBirdForCausalLM(GenerationMixin, _BigBirdLMBase):
+    """Left-to-right LM with the MLM head (``cls.predictions``), a key/value cache and :meth:`generate`.
 
     **Always causal full attention** (``is_decoder`` semantics, whatever ``attention_type`` and
     ``is_decoder`` say): Hugging Face's block-sparse attention is bidirectional, so its
     ``BigBirdForCausalLM`` is only causal in ``original_full`` mode; parity is therefore defined
     against ``transformers.BigBirdForCausalLM`` with ``attention_type="original_full"`` and
-    ``is_decoder=True``. No key/value cache (no incremental generation).
+    ``is_decoder=True``.
+
+    With ``is_decoder=True, add_cross_attention=True`` every layer also attends to
+    ``encoder_hidden_states`` (the decoder of an encoder-decoder). Ours is the standard decoder layer
+    (causal self-attention over the decoder tokens, then cross-attention); ``transformers``' BigBird
+    layer instead feeds the encoder states to its self-attention too (its decoder tokens never attend
+    to each other, and its cache mixes self and cross keys), so cross-attention parity is checked
+    against ``transformers``' ``BertLMHeadModel``, the same layer with the same parameter names.
 
     Loss (when ``labels`` are given): logits up-cast to float32, labels shifted left by one, CE with
     -100 ignored, mean over the counted tokens (``transformers``' ``ForCausalLMLoss``).
@@ -210,17 +218,39 @@ class BigBirdForCausalLM(_BigBirdLMBase):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, *, encoder_hidden_states=None, encoder_attention_mask=None,
+                past_key_values=None, use_cache=None, logits_to_keep: int | torch.Tensor = 0):
+        """Next-token logits; see :meth:`BigBirdModel.forward` for the inputs and the cache.
+
+        ``logits_to_keep``: 0 = every position; an int k = the last k positions; a 1-d tensor = those
+        positions (as ``transformers``). ``labels`` need every position (``logits_to_keep=0``).
+        """
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("labels need the logits of every position: pass logits_to_keep=0 with labels")
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        causal=True, compute_pooler=False)
-        logits = self.cls(out.last_hidden_state)
+                        encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+                        past_key_values=past_key_values, use_cache=use_cache, causal=True, compute_pooler=False)
+        hidden = out.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep < 0:
+                raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.cls(hidden)
         loss = None
         if labels is not None:
             shifted = F.pad(labels, (0, 1), value=-100)[..., 1:]
             loss = F.cross_entropy(logits.float().reshape(-1, self.config.vocab_size), shifted.reshape(-1), ignore_index=-100)
-        res = CausalLMOutput(loss, logits, out.hidden_states, out.attentions)
+        res = CausalLMOutput(loss, logits, out.past_key_values, out.hidden_states, out.attentions, out.cross_attentions)
         return res.to_tuple() if return_dict is False else res
+
+    def _generation_step(self, input_ids, attention_mask, position_ids, past_key_values, model_kwargs):
+        """One decoding step for :meth:`generate`: ``(last-position logits (B, V), cache)``."""
+        out = self(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   past_key_values=past_key_values, use_cache=True, logits_to_keep=1, **model_kwargs)
+        return out.logits[:, -1], out.past_key_values
 
 
 def _classification_loss(config: BigBirdConfig, logits, labels):

@@ -20,6 +20,10 @@ What one forward does (``hf_bigbird_behaviour.md`` sections 1, 3, 4):
   ``attentions`` (Hugging Face un-pads only the first).
 * **Layouts.** Layer ``i`` reads ``bigbird_kernels.get_layout(config.layout_mode, layer_idx=i, ...)``
   for the padded length and ``self.training``; ``"hf"`` reproduces Hugging Face bit for bit.
+* **Decoder.** Causal calls take and return a key/value cache (``past_key_values``, ``use_cache``;
+  :mod:`bigbird.kv_cache`); default position ids continue from the cached length. With
+  ``add_cross_attention`` (and ``is_decoder``) every layer has a ``crossattention`` block over
+  ``encoder_hidden_states`` (its projected keys/values are cached too).
 * **Attentions** (``output_attentions=True`` only): for block-sparse layers the true probabilities,
   a dense ``(B, H, n, n)`` tensor computed from the scores, the ``log(count)`` bias of duplicated
   blocks (duplicates summed) and the key mask; rows of padded queries are 0. Hugging Face's matrix
@@ -39,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from bigbird_kernels import BigBirdLayout, block_sparse_attention, block_sparse_attention_probs, get_layout
 
 from .config import BigBirdConfig
+from .kv_cache import PastKeyValues, read_past, write_past
 from .outputs import BaseModelOutputWithPooling
 
 __all__ = [
@@ -146,16 +151,41 @@ class _AttentionPlan:
 
     sparse: bool  # block-sparse kernel (else full attention)
     key_mask: torch.Tensor | None  # (B, L) bool, True = real token; None = no padding (sparse path)
-    # full path: (B|1, 1, 1|n, n) additive, finfo.min where masked; always set when causal and output_attentions
+    # full path: (B|1, 1, 1|n, T+n) additive, finfo.min where masked; always set when causal and output_attentions
+    # or with cached keys (T > 0)
     additive_mask: torch.Tensor | None
     causal: bool  # full path without an additive mask: SDPA's is_causal
     output_attentions: bool
     n: int  # un-padded length (attentions are cropped to it)
     backend: str
+    # cross-attention: (B, 1, 1, S_enc) additive mask of the encoder states (None = every key is real)
+    cross_mask: torch.Tensor | None = None
+
+
+def _full_attention(q, k, v, additive, causal: bool, output_attentions: bool, p_drop: float, training: bool):
+    """Softmax attention of ``q (B, H, n, d)`` over ``k, v (B, H, T, d)``; returns (ctx, probs or None).
+
+    ``additive`` is a float mask broadcastable to ``(B, H, n, T)`` (or None); ``causal`` (only without
+    a mask) is SDPA's top-left causal mask.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if output_attentions:
+        s = torch.matmul(q, k.transpose(-1, -2)) * scale
+        if additive is not None:
+            s = s + additive
+        probs = F.dropout(torch.softmax(s, dim=-1), p_drop, training)
+        return torch.matmul(probs, v), probs
+    mask = additive.to(q.dtype) if additive is not None else None
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=causal and mask is None,
+                                         scale=scale)
+    return ctx, None
 
 
 class BigBirdSelfAttention(nn.Module):
-    """``query``/``key``/``value`` projections; block-sparse or full attention over them."""
+    """``query``/``key``/``value`` projections; block-sparse or full attention over them.
+
+    The same module serves as the cross-attention of a decoder layer (:meth:`cross`).
+    """
 
     def __init__(self, config: BigBirdConfig, layer_idx: int):
         super().__init__()
@@ -173,34 +203,49 @@ class BigBirdSelfAttention(nn.Module):
         B, S, _ = x.shape
         return x.view(B, S, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
 
-    def forward(self, hidden_states, plan: _AttentionPlan, layout: BigBirdLayout | None):
-        B, S, _ = hidden_states.shape
+    def _merge(self, ctx):
+        """``(B, H, S, d)`` -> ``(B, S, H * d)``."""
+        B, _, S, _ = ctx.shape
+        return ctx.transpose(1, 2).reshape(B, S, self.all_head_size)
+
+    def forward(self, hidden_states, plan: _AttentionPlan, layout: BigBirdLayout | None, past=None):
+        """Self-attention of ``hidden_states (B, n, hidden)``.
+
+        ``past``: cached ``(k, v)`` of earlier tokens, each ``(B, H, T, d)`` (full causal path only).
+        Returns ``(ctx (B, n, hidden), probs or None, (k, v))``, ``k, v (B, H, T + n, d)`` for the cache.
+        """
         q = self._heads(self.query(hidden_states))
         k = self._heads(self.key(hidden_states))
         v = self._heads(self.value(hidden_states))
-        scale = 1.0 / math.sqrt(self.attention_head_size)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
         probs = None
         if plan.sparse:
+            scale = 1.0 / math.sqrt(self.attention_head_size)
             ctx = block_sparse_attention(q, k, v, layout, attention_mask=plan.key_mask, scale=scale, backend=plan.backend)
             if plan.output_attentions:
                 # true probabilities at the unpadded length (duplicated blocks summed)
                 probs = block_sparse_attention_probs(q, k, layout, plan.key_mask, scale)[:, :, : plan.n, : plan.n]
         else:
             p_drop = self.attention_probs_dropout_prob if self.training else 0.0
-            if plan.output_attentions:
-                s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
-                if plan.additive_mask is not None:
-                    s = s + plan.additive_mask
-                probs = torch.softmax(s, dim=-1)
-                probs = F.dropout(probs, p_drop, self.training)
-                ctx = torch.matmul(probs, v)
-            else:
-                mask = plan.additive_mask.to(q.dtype) if plan.additive_mask is not None else None
-                ctx = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=plan.causal and mask is None, scale=scale
-                )
-        ctx = ctx.transpose(1, 2).reshape(B, S, self.all_head_size)  # (B, H, S, d) -> (B, S, H * d)
-        return ctx, probs
+            ctx, probs = _full_attention(q, k, v, plan.additive_mask, plan.causal, plan.output_attentions,
+                                         p_drop, self.training)
+        return self._merge(ctx), probs, (k, v)
+
+    def cross(self, hidden_states, encoder_hidden_states, plan: _AttentionPlan, cached=None):
+        """Attention of ``hidden_states (B, n, hidden)`` over ``encoder_hidden_states (B, S_enc, hidden)``.
+
+        ``cached``: the projected encoder ``(k, v)`` of an earlier call (then ``encoder_hidden_states``
+        is not read). Returns ``(ctx (B, n, hidden), probs or None, (k, v))``.
+        """
+        q = self._heads(self.query(hidden_states))
+        if cached is None:
+            cached = (self._heads(self.key(encoder_hidden_states)), self._heads(self.value(encoder_hidden_states)))
+        p_drop = self.attention_probs_dropout_prob if self.training else 0.0
+        ctx, probs = _full_attention(q, cached[0], cached[1], plan.cross_mask, False, plan.output_attentions,
+                                     p_drop, self.training)
+        return self._merge(ctx), probs, cached
 
 
 class BigBirdSelfOutput(nn.Module):
@@ -220,9 +265,13 @@ class BigBirdAttention(nn.Module):
         self.self = BigBirdSelfAttention(config, layer_idx)
         self.output = BigBirdSelfOutput(config)
 
-    def forward(self, hidden_states, plan, layout):
-        ctx, probs = self.self(hidden_states, plan, layout)
-        return self.output(ctx, hidden_states), probs
+    def forward(self, hidden_states, plan, layout, past=None):
+        ctx, probs, kv = self.self(hidden_states, plan, layout, past)
+        return self.output(ctx, hidden_states), probs, kv
+
+    def cross(self, hidden_states, encoder_hidden_states, plan, cached=None):
+        ctx, probs, kv = self.self.cross(hidden_states, encoder_hidden_states, plan, cached)
+        return self.output(ctx, hidden_states), probs, kv
 
 
 class BigBirdIntermediate(nn.Module):
@@ -246,20 +295,40 @@ class BigBirdOutput(nn.Module):
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
+@dataclass
+class _LayerOutput:
+    hidden_states: torch.Tensor
+    probs: torch.Tensor | None  # self-attention probabilities (output_attentions)
+    cross_probs: torch.Tensor | None  # cross-attention probabilities (output_attentions and cross-attention ran)
+    kv: tuple  # (k, v) of the T + n tokens, for the cache
+    cross_kv: tuple | None  # projected encoder (k, v), for the cache
+
+
 class BigBirdLayer(nn.Module):
-    """Post-LN encoder layer: ``x1 = LN(x + attn(x))``, ``x2 = LN(x1 + FFN(x1))``."""
+    """Post-LN layer: ``x1 = LN(x + attn(x))``, [``x1 = LN(x1 + cross_attn(x1, enc))``], ``x2 = LN(x1 + FFN(x1))``.
+
+    ``crossattention`` exists when ``config.add_cross_attention``; it runs when encoder states (or
+    their cached keys/values) are given.
+    """
 
     def __init__(self, config: BigBirdConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
         self.attention = BigBirdAttention(config, layer_idx)
+        if config.add_cross_attention:
+            self.crossattention = BigBirdAttention(config, layer_idx)
         self.intermediate = BigBirdIntermediate(config)
         self.output = BigBirdOutput(config)
 
-    def forward(self, hidden_states, plan: _AttentionPlan, layout: BigBirdLayout | None):
-        attention_output, probs = self.attention(hidden_states, plan, layout)
+    def forward(self, hidden_states, plan: _AttentionPlan, layout: BigBirdLayout | None, past=None,
+                encoder_hidden_states=None, cross_past=None) -> _LayerOutput:
+        attention_output, probs, kv = self.attention(hidden_states, plan, layout, past)
+        cross_probs = cross_kv = None
+        if encoder_hidden_states is not None or cross_past is not None:
+            attention_output, cross_probs, cross_kv = self.crossattention.cross(
+                attention_output, encoder_hidden_states, plan, cross_past)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
-        return layer_output, probs
+        return _LayerOutput(layer_output, probs, cross_probs, kv, cross_kv)
 
 
 class BigBirdEncoder(nn.Module):
@@ -268,22 +337,33 @@ class BigBirdEncoder(nn.Module):
         self.config = config
         self.layer = nn.ModuleList([BigBirdLayer(config, i) for i in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, plan: _AttentionPlan, layouts, *, output_hidden_states: bool):
+    def forward(self, hidden_states, plan: _AttentionPlan, layouts, *, output_hidden_states: bool,
+                past: PastKeyValues | None = None, encoder_hidden_states=None):
+        """Run every layer. Returns ``(hidden, all_hidden, all_probs, all_cross_probs, kvs, cross_kvs)``."""
         all_hidden = [hidden_states] if output_hidden_states else None
         all_probs = [] if plan.output_attentions else None
+        all_cross = [] if plan.output_attentions else None
+        kvs, cross_kvs = [], []
         use_ckpt = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layer):
-            layout = layouts[i] if layouts is not None else None
+            args = (hidden_states, plan, layouts[i] if layouts is not None else None,
+                    past.self_kv[i] if past is not None else None, encoder_hidden_states,
+                    past.cross_kv[i] if past is not None else None)
             if use_ckpt:
                 # the layout is an explicit argument: the recomputation replays exactly the same one
-                hidden_states, probs = checkpoint(layer, hidden_states, plan, layout, use_reentrant=False)
+                out = checkpoint(layer, *args, use_reentrant=False)
             else:
-                hidden_states, probs = layer(hidden_states, plan, layout)
+                out = layer(*args)
+            hidden_states = out.hidden_states
+            kvs.append(out.kv)
+            cross_kvs.append(out.cross_kv)
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             if plan.output_attentions:
-                all_probs.append(probs)
-        return hidden_states, all_hidden, all_probs
+                all_probs.append(out.probs)
+                if out.cross_probs is not None:
+                    all_cross.append(out.cross_probs)
+        return hidden_states, all_hidden, all_probs, all_cross, kvs, cross_kvs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,8 +388,9 @@ class BigBirdPreTrainedModel(nn.Module):
         if not isinstance(config, BigBirdConfig):
             raise TypeError(f"config must be a BigBirdConfig, got {type(config).__name__}")
         config.validate()
-        if config.add_cross_attention:
-            raise ValueError("add_cross_attention=True (an encoder-decoder BigBird) is not supported by this model")
+        if config.add_cross_attention and not config.is_decoder:
+            raise ValueError("add_cross_attention=True needs is_decoder=True (cross-attention is part of a decoder, "
+                             "as in transformers)")
         self.config = config
 
     # ---- init
@@ -547,20 +628,35 @@ class BigBirdModel(BigBirdPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         *,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
         causal: bool | None = None,
         compute_pooler: bool = True,
     ):
-        """Encode a batch.
+        """Encode a batch (or, as a decoder, continue one).
 
         Args:
             input_ids: ``(B, n)`` int64 or int32 token ids in ``[0, vocab_size)``; or
                 ``inputs_embeds (B, n, hidden)``. Any other dtype (float, bool, unsigned, int8, int16)
                 raises ``TypeError``; ids out of range or wrong shapes raise ``ValueError``.
-            attention_mask: ``(B, n)``, 1/True = real token (right padding expected).
-            token_type_ids, position_ids: ``(B, n)`` (default zeros and ``0..n-1``).
+            attention_mask: ``(B, T + n)``, 1/True = real token, ``T`` the cached length (0 without a
+                cache). Right padding for the encoder; a decoder also takes left padding.
+            token_type_ids: ``(B, n)`` (default zeros).
+            position_ids: ``(B, n)`` or ``(1, n)``; default ``T..T+n-1`` (as transformers, also with left
+                padding: pass positions from the mask, as :func:`bigbird.generation.generate` does, to
+                skip the pads).
             output_attentions, output_hidden_states: return per-layer probabilities / hidden states
-                (defaults from the config), un-padded to ``n``.
+                (defaults from the config), un-padded to ``n``. Decoders with cross-attention also return
+                ``cross_attentions``.
             return_dict: False returns ``to_tuple()`` of the output.
+            encoder_hidden_states: ``(B, S_enc, hidden)`` states attended by the cross-attention of every
+                layer (``config.add_cross_attention`` only).
+            encoder_attention_mask: ``(B, S_enc)``, 1/True = real encoder token.
+            past_key_values: the cache of earlier calls (causal attention only): our tuple format or a
+                transformers ``DynamicCache`` / ``EncoderDecoderCache`` (see :mod:`bigbird.kv_cache`).
+            use_cache: return ``past_key_values`` (default: True when ``past_key_values`` is given).
             causal: causal full attention (default ``config.is_decoder``).
             compute_pooler: skip the pooler when False (heads that do not use it).
         """
@@ -568,18 +664,34 @@ class BigBirdModel(BigBirdPreTrainedModel):
         output_attentions = c.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = c.output_hidden_states if output_hidden_states is None else output_hidden_states
         causal = c.is_decoder if causal is None else causal
-        B, n, device = _check_inputs(c, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+        use_cache = past_key_values is not None if use_cache is None else use_cache
+        if (past_key_values is not None or use_cache) and not causal:
+            raise ValueError("past_key_values / use_cache need causal attention (is_decoder=True or BigBirdForCausalLM)")
+        ref = input_ids if input_ids is not None else inputs_embeds
+        past = None
+        if past_key_values is not None and isinstance(ref, torch.Tensor) and ref.dim() >= 2:
+            past = read_past(past_key_values, num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
+                             head_dim=c.head_dim, batch=ref.shape[0], has_cross=c.add_cross_attention)
+        T = past.length if past is not None else 0
+        B, n, device = _check_inputs(c, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
+                                     past_length=T)
+        cross = encoder_hidden_states is not None or (past is not None and any(kv is not None for kv in past.cross_kv))
+        if cross:
+            _check_encoder_inputs(c, B, encoder_hidden_states, encoder_attention_mask, past)
 
         if attention_mask is not None:
             attention_mask = attention_mask != 0
         sparse = c.attention_type == "block_sparse" and not causal and n > c.short_input_threshold
         pad = (-n) % c.block_size if sparse else 0
         L = n + pad
-        if L > c.max_position_embeddings:
+        if T + L > c.max_position_embeddings:
             raise ValueError(
                 f"sequence length {n}" + (f" (padded to {L}, a multiple of block_size {c.block_size})" if pad else "")
+                + (f" after {T} cached tokens" if T else "")
                 + f" exceeds max_position_embeddings={c.max_position_embeddings}"
             )
+        if position_ids is None and T:
+            position_ids = torch.arange(T, T + n, device=device)[None, :]
 
         if pad:
             # right-pad to a block multiple exactly as transformers' _pad_to_block_size does
@@ -599,22 +711,25 @@ class BigBirdModel(BigBirdPreTrainedModel):
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
                                  position_ids=position_ids, inputs_embeds=inputs_embeds)
 
+        cross_mask = None
+        if cross and encoder_attention_mask is not None:
+            cross_mask = _additive((encoder_attention_mask != 0)[:, None, None, :], hidden.dtype)
         layouts = None
         if sparse:
-            plan = _AttentionPlan(True, attention_mask, None, False, output_attentions, n, c.attention_backend)
+            plan = _AttentionPlan(True, attention_mask, None, False, output_attentions, n, c.attention_backend, cross_mask)
             layouts = self.layouts_for(L, device)
         else:
-            additive = None
-            if attention_mask is not None or (causal and output_attentions):
-                keep = None if attention_mask is None else attention_mask[:, None, None, :]  # (B, 1, 1, n)
-                if causal:
-                    tri = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, n, n)
-                    keep = tri if keep is None else keep & tri
-                additive = torch.zeros(keep.shape, dtype=hidden.dtype, device=device)
-                additive = additive.masked_fill(~keep, torch.finfo(hidden.dtype).min)
-            plan = _AttentionPlan(False, None, additive, causal, output_attentions, n, c.attention_backend)
+            keep = None if attention_mask is None else attention_mask[:, None, None, :]  # (B, 1, 1, T + n)
+            if causal and (keep is not None or output_attentions or T):
+                # query i (absolute position T + i) reads keys 0..T + i
+                tri = torch.arange(T + n, device=device)[None, :] <= torch.arange(T, T + n, device=device)[:, None]
+                keep = tri[None, None] if keep is None else keep & tri[None, None]
+            additive = _additive(keep, hidden.dtype) if keep is not None else None
+            plan = _AttentionPlan(False, None, additive, causal, output_attentions, n, c.attention_backend, cross_mask)
 
-        seq, all_hidden, all_probs = self.encoder(hidden, plan, layouts, output_hidden_states=output_hidden_states)
+        seq, all_hidden, all_probs, all_cross, kvs, cross_kvs = self.encoder(
+            hidden, plan, layouts, output_hidden_states=output_hidden_states, past=past,
+            encoder_hidden_states=encoder_hidden_states)
         pooled = None
         if self.pooler is not None and compute_pooler:
             pooled = torch.tanh(self.pooler(seq[:, 0]))
@@ -626,13 +741,43 @@ class BigBirdModel(BigBirdPreTrainedModel):
             last_hidden_state=seq,
             pooler_output=pooled,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            past_key_values=write_past(past, kvs, cross_kvs) if use_cache else None,
             attentions=tuple(all_probs) if all_probs is not None else None,
+            cross_attentions=tuple(all_cross) if cross and all_cross is not None else None,
         )
         return out.to_tuple() if return_dict is False else out
 
 
-def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
-    """Validate a forward's inputs; return (B, n, device).
+def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean keep-mask as an additive float mask: 0 where kept, ``finfo(dtype).min`` elsewhere."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def _check_encoder_inputs(c: BigBirdConfig, B: int, encoder_hidden_states, encoder_attention_mask,
+                          past: PastKeyValues | None):
+    """Validate the cross-attention inputs of a decoder forward."""
+    if not c.add_cross_attention:
+        raise ValueError("encoder_hidden_states given but this model has no cross-attention "
+                         "(build it with is_decoder=True, add_cross_attention=True)")
+    cached = past is not None and past.cross_kv[0] is not None
+    if encoder_hidden_states is not None:
+        e = encoder_hidden_states
+        if not isinstance(e, torch.Tensor) or e.dim() != 3:
+            raise ValueError(f"encoder_hidden_states must be a (batch, enc_len, hidden) tensor, got {_shape(e)}")
+        if e.shape[-1] != c.hidden_size:
+            raise ValueError(f"encoder_hidden_states last dim must be hidden_size={c.hidden_size}, got {e.shape[-1]}")
+        if e.shape[0] != B:
+            raise ValueError(f"encoder_hidden_states has batch size {e.shape[0]} but the input has {B} rows")
+    S_enc = past.cross_kv[0][0].shape[2] if cached else encoder_hidden_states.shape[1]
+    if encoder_attention_mask is not None:
+        if not isinstance(encoder_attention_mask, torch.Tensor) or tuple(encoder_attention_mask.shape) != (B, S_enc):
+            raise ValueError(f"encoder_attention_mask must have shape (batch, enc_len) = {(B, S_enc)}, "
+                             f"got {_shape(encoder_attention_mask)}")
+
+
+def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
+                  past_length: int = 0):
+    """Validate a forward's inputs; return (B, n, device). ``attention_mask`` covers ``past_length + n`` tokens.
 
     Shapes and dtypes are checked first; the value ranges of ``input_ids``, ``token_type_ids`` and
     ``position_ids`` then cost one device-to-host copy in all (a single synchronisation on CUDA).
@@ -658,8 +803,9 @@ def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, to
     if B == 0 or n == 0:
         raise ValueError(f"empty input: batch size {B}, sequence length {n} (both must be >= 1)")
     if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, n):
-            raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(B, n)}, got {_shape(attention_mask)}")
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, past_length + n):
+            what = "(batch, cached + seq_len)" if past_length else "(batch, seq_len)"
+            raise ValueError(f"attention_mask must have shape {what} = {(B, past_length + n)}, got {_shape(attention_mask)}")
     if token_type_ids is not None:
         if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != (B, n):
             raise ValueError(f"token_type_ids must have shape {(B, n)}, got {_shape(token_type_ids)}")

@@ -16,6 +16,7 @@ __all__ = [
     "BigBirdForPreTrainingOutput",
     "MaskedLMOutput",
     "CausalLMOutput",
+    "Seq2SeqLMOutput",
     "SequenceClassifierOutput",
     "MultipleChoiceModelOutput",
     "TokenClassifierOutput",
@@ -62,13 +63,17 @@ class BaseModelOutputWithPooling(ModelOutput):
     last_hidden_state: ``(B, n, hidden)`` at the un-padded input length ``n``.
     pooler_output: ``(B, hidden)`` ``tanh(pooler(h[:, 0]))``; None without a pooler.
     hidden_states: with ``output_hidden_states``, embeddings + every layer, each ``(B, n, hidden)``.
-    attentions: with ``output_attentions``, per layer ``(B, H, n, n)`` attention probabilities.
+    past_key_values: with ``use_cache`` (decoders), the key/value cache (see :mod:`bigbird.kv_cache`).
+    attentions: with ``output_attentions``, per layer ``(B, H, n, T + n)`` attention probabilities.
+    cross_attentions: with ``output_attentions`` and cross-attention, per layer ``(B, H, n, S_enc)``.
     """
 
     last_hidden_state: Tensor | None = None
     pooler_output: Tensor | None = None
     hidden_states: Tensors | None = None
+    past_key_values: object | None = None
     attentions: Tensors | None = None
+    cross_attentions: Tensors | None = None
 
 
 @dataclass
@@ -90,10 +95,37 @@ class MaskedLMOutput(ModelOutput):
 
 @dataclass
 class CausalLMOutput(ModelOutput):
+    """``BigBirdForCausalLM`` output (field order of ``transformers``' ``CausalLMOutputWithCrossAttentions``).
+
+    logits: ``(B, n_kept, vocab)`` (``n_kept`` per ``logits_to_keep``). past_key_values: with
+    ``use_cache``. cross_attentions: with ``output_attentions`` and cross-attention.
+    """
+
     loss: Tensor | None = None
     logits: Tensor | None = None
+    past_key_values: object | None = None
     hidden_states: Tensors | None = None
     attentions: Tensors | None = None
+    cross_attentions: Tensors | None = None
+
+
+@dataclass
+class Seq2SeqLMOutput(ModelOutput):
+    """``BigBirdEncoderDecoderModel`` output (``transformers``' ``Seq2SeqLMOutput`` field order).
+
+    logits: ``(B, m, vocab)`` decoder logits. past_key_values: the decoder's cache (with ``use_cache``).
+    encoder_last_hidden_state: ``(B, n, hidden)``.
+    """
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    past_key_values: object | None = None
+    decoder_hidden_states: Tensors | None = None
+    decoder_attentions: Tensors | None = None
+    cross_attentions: Tensors | None = None
+    encoder_last_hidden_state: Tensor | None = None
+    encoder_hidden_states: Tensors | None = None
+    encoder_attentions: Tensors | None = None
 
 
 @dataclass
