@@ -142,7 +142,7 @@ const int* device_global_list(const Tensor& q, at::IntArrayRef global_blocks) {
     e.host = at::empty({static_cast<int64_t>(global_blocks.size())}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
     int* h = e.host.data_ptr<int>();
     for (size_t i = 0; i < global_blocks.size(); ++i) h[i] = static_cast<int>(global_blocks[i]);
-    e.dev = e.host.to(q.device(), /*non_blocking=*/true);
+    e.dev = e.host.to(at::TensorOptions().device(q.device()).dtype(at::kInt), /*non_blocking=*/true);
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.ready, cudaEventDisableTiming));
     C10_CUDA_CHECK(cudaEventRecord(e.ready, stream));
     e.stream = stream;
