@@ -122,9 +122,11 @@ void check_grid(const bigbird::Grid& g, const char* kernel, int64_t B, int64_t H
 }
 
 // Device copy of a global-block list longer than kMaxGlobalInline: made once per (device, list) with a
-// non-blocking copy from pinned memory and kept for the life of the process, so that no call (and no
-// CUDA-graph replay) synchronises or copies for it. A call on another stream than the copy's waits for
-// the copy on the device (an event), never on the host.
+// non-blocking copy from pinned memory and kept for the life of the process, so that no later call (and
+// no CUDA-graph replay) synchronises or copies for it. A later call on another stream waits for the copy
+// on the device (an event), never on the host; inside a capture it does not wait (torch.cuda.graph
+// synchronises before capturing), and the first call for a list cannot be captured (one clear error:
+// run it once before).
 const int* device_global_list(const Tensor& q, at::IntArrayRef global_blocks) {
   struct Entry {
     Tensor host, dev;
@@ -135,9 +137,15 @@ const int* device_global_list(const Tensor& q, at::IntArrayRef global_blocks) {
   static std::map<std::pair<int, std::vector<int64_t>>, Entry> cache;
   const std::lock_guard<std::mutex> lock(mu);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
   auto key = std::make_pair(static_cast<int>(q.device().index()), global_blocks.vec());
   auto it = cache.find(key);
   if (it == cache.end()) {
+    TORCH_CHECK(!capturing, "bigbird_kernels_cuda: the first call with more than ", bigbird::kMaxGlobalInline,
+                " global blocks copies their list to the device and cannot be captured in a CUDA graph: run it once "
+                "before capturing");
     Entry e;
     e.host = at::empty({static_cast<int64_t>(global_blocks.size())}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
     int* h = e.host.data_ptr<int>();
@@ -147,7 +155,7 @@ const int* device_global_list(const Tensor& q, at::IntArrayRef global_blocks) {
     C10_CUDA_CHECK(cudaEventRecord(e.ready, stream));
     e.stream = stream;
     it = cache.emplace(std::move(key), std::move(e)).first;
-  } else if (it->second.stream != stream) {
+  } else if (!capturing && it->second.stream != stream) {
     C10_CUDA_CHECK(cudaStreamWaitEvent(stream, it->second.ready, 0));
   }
   return it->second.dev.data_ptr<int>();

@@ -43,12 +43,12 @@ __global__ void __launch_bounds__(kAuxThreads) bigbird_bwd_preprocess_kernel(con
   const int part = threadIdx.x % kTpr;
   float acc = 0.f;
   if (row < rows) {
-    const int64_t sq = static_cast<int64_t>(row % p.S), bh = static_cast<int64_t>(row / p.S);
+    const int64_t tok = static_cast<int64_t>(row % p.S), bh = static_cast<int64_t>(row / p.S);
     const int64_t hh = bh % p.H, bb = bh / p.H;
     const uint4 a = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.dout) + bb * p.sdo.b + hh * p.sdo.h +
-                                                    sq * p.sdo.s + part * 8);
+                                                    tok * p.sdo.s + part * 8);
     const uint4 c = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.out) + bb * p.so.b + hh * p.so.h +
-                                                    sq * p.so.s + part * 8);
+                                                    tok * p.so.s + part * 8);
     const uint32_t av[4] = {a.x, a.y, a.z, a.w};
     const uint32_t cv[4] = {c.x, c.y, c.z, c.w};
 #pragma unroll
