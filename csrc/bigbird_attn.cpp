@@ -9,6 +9,9 @@
 // The forward runs the Hopper kernel (TMA + wgmma) on sm_90 devices when this build holds it, else the
 // portable mma.sync kernel; BIGBIRD_CUDA_DISABLE_SM90=1 forces the portable one. The backward is
 // always deterministic (no atomics), so `deterministic` changes nothing today.
+// q, k, v (and dout, out) are read in place through their strides when bigbird::readable_in_place
+// allows it (BSHD views included), else copied; outputs are contiguous. Nothing here synchronises
+// with the host: every call can be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -18,9 +21,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bigbird_attn.h"
@@ -64,7 +70,6 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, int64_t block_
   const int64_t D = q.size(3), S = q.size(2);
   TORCH_CHECK(D == 64 || D == 128, "bigbird_kernels_cuda: head dim must be 64 or 128, got ", D);
   TORCH_CHECK(S % block_size == 0, "bigbird_kernels_cuda: S=", S, " is not a multiple of block_size=", block_size);
-  TORCH_CHECK(q.size(0) <= 65535 && q.size(1) <= 65535, "bigbird_kernels_cuda: B and H must be <= 65535");
   TORCH_CHECK(q.numel() < (int64_t(1) << 31) * D, "bigbird_kernels_cuda: B*H*S must be < 2^31");
   int major = 0, minor = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.device().index()));
@@ -85,10 +90,80 @@ void check_layout_tensor(const Tensor& t, const char* name, const Tensor& q, std
   }
 }
 
-// Fills the layout part of the params; `keep` holds a device copy of the global list when it is long.
+// A (B, H, S, D) input as the kernels read it: itself when bigbird::readable_in_place allows (any
+// strides, BSHD views included), else a contiguous copy in fresh (aligned) memory: `.contiguous()`
+// alone would keep a contiguous tensor whose data pointer is not 16-byte aligned.
+Tensor kernel_input(const Tensor& t, const char* name) {
+  const auto sizes = t.sizes();
+  const auto strides = t.strides();
+  const int64_t sz[4] = {sizes[0], sizes[1], sizes[2], sizes[3]};
+  const int64_t st[4] = {strides[0], strides[1], strides[2], strides[3]};
+  const auto ptr = reinterpret_cast<uint64_t>(t.data_ptr());
+  if (bigbird::readable_in_place(ptr, sz, st, static_cast<int>(t.element_size()))) return t;
+  Tensor c = t.clone(at::MemoryFormat::Contiguous);
+  const auto cs = c.strides();
+  const int64_t cst[4] = {cs[0], cs[1], cs[2], cs[3]};
+  TORCH_CHECK(bigbird::readable_in_place(reinterpret_cast<uint64_t>(c.data_ptr()), sz, cst, static_cast<int>(c.element_size())),
+              "bigbird_kernels_cuda: the contiguous copy of ", name, " is not 16-byte aligned");
+  return c;
+}
+
+bigbird::Strides strides_of(const Tensor& t) {
+  const auto sizes = t.sizes();
+  const auto strides = t.strides();
+  const int64_t sz[4] = {sizes[0], sizes[1], sizes[2], sizes[3]};
+  const int64_t st[4] = {strides[0], strides[1], strides[2], strides[3]};
+  return bigbird::kernel_strides(sz, st);
+}
+
+void check_grid(const bigbird::Grid& g, const char* kernel, int64_t B, int64_t H, int64_t S) {
+  TORCH_CHECK(g.ok(), "bigbird_kernels_cuda: the ", kernel, " grid (", g.x, ", ", g.y, ", ", g.z,
+              ") exceeds CUDA's limits (x < 2^31, y and z <= 65535) for B=", B, ", H=", H, ", S=", S);
+}
+
+// Device copy of a global-block list longer than kMaxGlobalInline: made once per (device, list) with a
+// non-blocking copy from pinned memory and kept for the life of the process, so that no later call (and
+// no CUDA-graph replay) synchronises or copies for it. A later call on another stream waits for the copy
+// on the device (an event), never on the host; inside a capture it does not wait (torch.cuda.graph
+// synchronises before capturing), and the first call for a list cannot be captured (one clear error:
+// run it once before).
+const int* device_global_list(const Tensor& q, at::IntArrayRef global_blocks) {
+  struct Entry {
+    Tensor host, dev;
+    cudaEvent_t ready;
+    cudaStream_t stream;
+  };
+  static std::mutex mu;
+  static std::map<std::pair<int, std::vector<int64_t>>, Entry> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  auto key = std::make_pair(static_cast<int>(q.device().index()), global_blocks.vec());
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    TORCH_CHECK(!capturing, "bigbird_kernels_cuda: the first call with more than ", bigbird::kMaxGlobalInline,
+                " global blocks copies their list to the device and cannot be captured in a CUDA graph: run it once "
+                "before capturing");
+    Entry e;
+    e.host = at::empty({static_cast<int64_t>(global_blocks.size())}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    int* h = e.host.data_ptr<int>();
+    for (size_t i = 0; i < global_blocks.size(); ++i) h[i] = static_cast<int>(global_blocks[i]);
+    e.dev = e.host.to(at::TensorOptions().device(q.device()).dtype(at::kInt), /*non_blocking=*/true);
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.ready, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventRecord(e.ready, stream));
+    e.stream = stream;
+    it = cache.emplace(std::move(key), std::move(e)).first;
+  } else if (!capturing && it->second.stream != stream) {
+    C10_CUDA_CHECK(cudaStreamWaitEvent(stream, it->second.ready, 0));
+  }
+  return it->second.dev.data_ptr<int>();
+}
+
+// Fills the layout part of the params.
 bigbird::LayoutArgs make_layout_args(const Tensor& q, int64_t nb, const Tensor& kv_indices, const Tensor& kv_num_blocks,
-                                     const Tensor* q_offsets, const Tensor* q_indices, at::IntArrayRef global_blocks,
-                                     Tensor& keep) {
+                                     const Tensor* q_offsets, const Tensor* q_indices, at::IntArrayRef global_blocks) {
   bigbird::LayoutArgs lay;
   std::memset(&lay, 0, sizeof(lay));
   lay.kv_indices = kv_indices.data_ptr<int>();
@@ -108,11 +183,7 @@ bigbird::LayoutArgs make_layout_args(const Tensor& q, int64_t nb, const Tensor& 
   }
   lay.num_global = static_cast<int>(G);
   for (int64_t i = 0; i < std::min<int64_t>(G, bigbird::kMaxGlobalInline); ++i) lay.global_inline[i] = static_cast<int>(global_blocks[i]);
-  if (G > bigbird::kMaxGlobalInline) {
-    std::vector<int> host(global_blocks.begin(), global_blocks.end());
-    keep = at::tensor(host, at::TensorOptions().dtype(at::kInt)).to(q.device());
-    lay.global_dev = keep.data_ptr<int>();
-  }
+  if (G > bigbird::kMaxGlobalInline) lay.global_dev = device_global_list(q, global_blocks);
   return lay;
 }
 
@@ -126,6 +197,7 @@ Tensor pack_mask(const std::optional<Tensor>& attention_mask, const Tensor& q) {
               ", ", S, "), got ", m.sizes());
   TORCH_CHECK(m.scalar_type() == at::kBool || m.scalar_type() == at::kByte,
               "bigbird_kernels_cuda: attention_mask must be bool (True = real token), got ", m.scalar_type());
+  check_grid(bigbird::grid_pack_mask(static_cast<int>(B), static_cast<int>(S)), "mask packing", B, q.size(1), S);
   const Tensor m8 = (m.scalar_type() == at::kBool ? m : m.ne(0)).contiguous().view(at::kByte);
   Tensor bits = at::empty({B, S / bigbird::kBlock}, q.options().dtype(at::kLong));
   C10_CUDA_CHECK(bigbird::bigbird_pack_mask(m8.data_ptr<uint8_t>(), reinterpret_cast<unsigned long long*>(bits.data_ptr<int64_t>()),
@@ -147,51 +219,45 @@ std::tuple<Tensor, Tensor> bigbird_fwd(const Tensor& q_in, const Tensor& k_in, c
   const int64_t nb = S / block_size;
   check_layout_tensor(kv_indices_in, "kv_indices", q_in, {H, nb, -1});
   check_layout_tensor(kv_num_blocks_in, "kv_num_blocks", q_in, {H, nb});
-  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const Tensor kv_indices = kv_indices_in.contiguous(), kv_num_blocks = kv_num_blocks_in.contiguous();
 
-  Tensor out = at::empty_like(q);
-  Tensor lse = at::empty({B, H, S}, q.options().dtype(at::kFloat));
+  Tensor out = at::empty({B, H, S, D}, q_in.options());
+  Tensor lse = at::empty({B, H, S}, q_in.options().dtype(at::kFloat));
   if (B == 0 || H == 0 || S == 0) return {out, lse};
+  const Tensor q = kernel_input(q_in, "q"), k = kernel_input(k_in, "k"), v = kernel_input(v_in, "v");
 
-  Tensor keep_globals;
   bigbird::FwdParams p;
   std::memset(&p, 0, sizeof(p));
-  p.lay = make_layout_args(q, nb, kv_indices, kv_num_blocks, nullptr, nullptr, global_blocks, keep_globals);
+  p.lay = make_layout_args(q, nb, kv_indices, kv_num_blocks, nullptr, nullptr, global_blocks);
+  bigbird::set_fwd_shape(p, static_cast<int>(B), static_cast<int>(H), static_cast<int>(S), static_cast<int>(D),
+                         static_cast<int>(kv_indices.size(2)), env_int("BIGBIRD_CUDA_KV_SPLIT", 16));
   const Tensor bits = pack_mask(attention_mask, q);
   p.q = q.data_ptr();
   p.k = k.data_ptr();
   p.v = v.data_ptr();
+  p.sq = strides_of(q);
+  p.sk = strides_of(k);
+  p.sv = strides_of(v);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.block_bits = bits.defined() ? reinterpret_cast<const unsigned long long*>(bits.data_ptr<int64_t>()) : nullptr;
-  p.B = static_cast<int>(B);
-  p.H = static_cast<int>(H);
-  p.S = static_cast<int>(S);
-  p.D = static_cast<int>(D);
-  p.nb = static_cast<int>(nb);
-  p.W = static_cast<int>(kv_indices.size(2));
-  p.kv_split = env_int("BIGBIRD_CUDA_KV_SPLIT", 16);
-  p.num_splits = static_cast<int>((nb + p.kv_split - 1) / p.kv_split);
-  p.sched_cap = std::max(2 * p.W, p.kv_split);
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.is_bf16 = q.scalar_type() == at::kBFloat16;
-  const int64_t G = static_cast<int64_t>(global_blocks.size());
+  const bool sm90 = !sm90_disabled() && bigbird::bigbird_fwd_sm90_supported(q.device().index());
+  const bigbird::FwdPlan plan = bigbird::plan_fwd(p, sm90);
+  check_grid(plan.main, "forward", B, H, S);
   Tensor ws_o, ws_lse;
-  if (G > 0 && p.num_splits > 1) {
+  if (plan.merge_needed) {
+    check_grid(plan.merge, "split merge", B, H, S);
+    const int64_t G = static_cast<int64_t>(global_blocks.size());
     ws_o = at::empty({B, H, G, p.num_splits, block_size, D}, q.options().dtype(at::kFloat));
     ws_lse = at::empty({B, H, G, p.num_splits, block_size}, q.options().dtype(at::kFloat));
     p.ws_o = ws_o.data_ptr<float>();
     p.ws_lse = ws_lse.data_ptr<float>();
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int dev = q.device().index();
-  if (!sm90_disabled() && bigbird::bigbird_fwd_sm90_supported(dev)) {
-    C10_CUDA_CHECK(bigbird::bigbird_fwd_sm90(p, stream));
-  } else {
-    C10_CUDA_CHECK(bigbird::bigbird_fwd_sm80(p, stream));
-  }
+  C10_CUDA_CHECK(sm90 ? bigbird::bigbird_fwd_sm90(p, stream) : bigbird::bigbird_fwd_sm80(p, stream));
   return {out, lse};
 }
 
@@ -218,9 +284,9 @@ std::tuple<Tensor, Tensor, Tensor> bigbird_bwd(const Tensor& dout_in, const std:
   check_layout_tensor(q_offsets_in, "q_offsets", q_in, {H, nb + 1});
   check_layout_tensor(q_indices_in, "q_indices", q_in, {H, -1});
 
-  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const Tensor out = out_in.contiguous(), lse = lse_in.contiguous();
-  const Tensor dout = dout_in.to(q.scalar_type()).contiguous();
+  TORCH_CHECK(out_in.scalar_type() == q_in.scalar_type(), "bigbird_kernels_cuda: out must have q's dtype ",
+              q_in.scalar_type(), ", got ", out_in.scalar_type());
+  const Tensor lse = lse_in.contiguous();
   const Tensor kv_indices = kv_indices_in.contiguous(), kv_num_blocks = kv_num_blocks_in.contiguous();
   const Tensor q_offsets = q_offsets_in.contiguous(), q_indices = q_indices_in.contiguous();
   Tensor dlse;
@@ -229,13 +295,18 @@ std::tuple<Tensor, Tensor, Tensor> bigbird_bwd(const Tensor& dout_in, const std:
     dlse = dlse_in->to(at::kFloat).contiguous();
   }
 
-  Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  const auto contiguous = q_in.options().memory_format(at::MemoryFormat::Contiguous);
+  Tensor dq = at::empty({B, H, S, D}, contiguous), dk = at::empty({B, H, S, D}, contiguous), dv = at::empty({B, H, S, D}, contiguous);
   if (B == 0 || H == 0 || S == 0) return {dq, dk, dv};
+  const Tensor q = kernel_input(q_in, "q"), k = kernel_input(k_in, "k"), v = kernel_input(v_in, "v");
+  const Tensor out = kernel_input(out_in, "out"), dout = kernel_input(dout_in.to(q_in.scalar_type()), "dout");
 
-  Tensor keep_globals;
   bigbird::BwdParams p;
   std::memset(&p, 0, sizeof(p));
-  p.lay = make_layout_args(q, nb, kv_indices, kv_num_blocks, &q_offsets, &q_indices, global_blocks, keep_globals);
+  p.lay = make_layout_args(q, nb, kv_indices, kv_num_blocks, &q_offsets, &q_indices, global_blocks);
+  bigbird::set_bwd_shape(p, static_cast<int>(B), static_cast<int>(H), static_cast<int>(S), static_cast<int>(D),
+                         static_cast<int>(kv_indices.size(2)), env_int("BIGBIRD_CUDA_KV_SPLIT", 16),
+                         env_int("BIGBIRD_CUDA_Q_SPLIT", 16));
   const Tensor bits = pack_mask(attention_mask, q);
   Tensor delta = at::empty({B, H, S}, q.options().dtype(at::kFloat));
   Tensor lse2 = at::empty({B, H, S}, q.options().dtype(at::kFloat));
@@ -244,6 +315,11 @@ std::tuple<Tensor, Tensor, Tensor> bigbird_bwd(const Tensor& dout_in, const std:
   p.v = v.data_ptr();
   p.out = out.data_ptr();
   p.dout = dout.data_ptr();
+  p.sq = strides_of(q);
+  p.sk = strides_of(k);
+  p.sv = strides_of(v);
+  p.so = strides_of(out);
+  p.sdo = strides_of(dout);
   p.lse = lse.data_ptr<float>();
   p.dlse = dlse.defined() ? dlse.data_ptr<float>() : nullptr;
   p.dq = dq.data_ptr();
@@ -252,28 +328,22 @@ std::tuple<Tensor, Tensor, Tensor> bigbird_bwd(const Tensor& dout_in, const std:
   p.delta = delta.data_ptr<float>();
   p.lse2 = lse2.data_ptr<float>();
   p.block_bits = bits.defined() ? reinterpret_cast<const unsigned long long*>(bits.data_ptr<int64_t>()) : nullptr;
-  p.B = static_cast<int>(B);
-  p.H = static_cast<int>(H);
-  p.S = static_cast<int>(S);
-  p.D = static_cast<int>(D);
-  p.nb = static_cast<int>(nb);
-  p.W = static_cast<int>(kv_indices.size(2));
-  p.kv_split = env_int("BIGBIRD_CUDA_KV_SPLIT", 16);
-  p.num_kv_splits = static_cast<int>((nb + p.kv_split - 1) / p.kv_split);
-  p.q_split = env_int("BIGBIRD_CUDA_Q_SPLIT", 16);
-  p.num_q_splits = static_cast<int>((nb + p.q_split - 1) / p.q_split);
-  p.sched_cap = std::max(2 * p.W, p.kv_split);
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.is_bf16 = q.scalar_type() == at::kBFloat16;
+  const bigbird::BwdPlan plan = bigbird::plan_bwd(p);
+  check_grid(plan.preprocess, "backward preprocess", B, H, S);
+  check_grid(plan.dq, "dQ", B, H, S);
+  check_grid(plan.dkdv, "dK/dV", B, H, S);
+  if (plan.reduce_dq_needed || plan.reduce_dkdv_needed) check_grid(plan.reduce, "split reduction", B, H, S);
   const int64_t G = static_cast<int64_t>(global_blocks.size());
   Tensor ws_dq, ws_dk, ws_dv;
   const auto f32 = q.options().dtype(at::kFloat);
-  if (G > 0 && p.num_kv_splits > 1) {
+  if (plan.reduce_dq_needed) {
     ws_dq = at::empty({B, H, G, p.num_kv_splits, block_size, D}, f32);
     p.ws_dq = ws_dq.data_ptr<float>();
   }
-  if (G > 0 && p.num_q_splits > 1) {
+  if (plan.reduce_dkdv_needed) {
     ws_dk = at::empty({B, H, G, p.num_q_splits, block_size, D}, f32);
     ws_dv = at::empty({B, H, G, p.num_q_splits, block_size, D}, f32);
     p.ws_dk = ws_dk.data_ptr<float>();

@@ -17,7 +17,18 @@
 //   Global key blocks (read by every row) are split over query-block ranges of q_split blocks;
 //   their partial dK/dV are summed by a small kernel in a fixed order (deterministic).
 // Grid: x = task, y = head, z = batch: CTAs of one head run together, so the random key blocks of
-// that head are L2 hits ("head-major").
+// that head are L2 hits ("head-major"). The small merge / reduce kernels put b * H + h on x (B * H may
+// exceed the 65535 limit of y and z). Every grid is computed by plan_fwd / plan_bwd below (plain C++,
+// unit-tested on the host) and checked against the hardware limits before any launch.
+//
+// Inputs q, k, v (and dout, out in the backward) are read in place through their strides: the last
+// dimension must be contiguous, the data pointer and every other stride 16-byte aligned
+// (readable_in_place); the binding copies anything else. Outputs are contiguous (B, H, S, D).
+//
+// Padding: the schedule carries each listed block's validity bits (gathered when it is built). Rows of
+// padded keys / values (and, in dK/dV, of padded queries / dout) are loaded as zeros and every padded
+// contribution is removed with a select, never a multiply by 0, so NaN / Inf stored in padded
+// positions cannot reach a real row.
 #pragma once
 
 #include <cstddef>
@@ -30,6 +41,12 @@ namespace bigbird {
 constexpr int kBlock = 64;              // tokens per layout block (the only block size compiled)
 constexpr int kMaxGlobalInline = 64;    // global block ids passed by value; more go through global_dev
 constexpr int kDkdvSchedCap = 64;       // schedule entries per round of the dK/dV kernel
+constexpr int kSchedEntryBytes = 16;    // sizeof(dev::SchedEntry): block id, multiplicities, validity bits
+
+// Element strides of a (B, H, S, D) tensor read in place; the D stride is 1.
+struct Strides {
+  int64_t b, h, s;
+};
 
 // Layout arguments shared by forward and backward (all device pointers, int32, contiguous).
 struct LayoutArgs {
@@ -44,10 +61,11 @@ struct LayoutArgs {
 };
 
 struct FwdParams {
-  const void* q;  // (B, H, S, D) contiguous, fp16 or bf16
+  const void* q;  // (B, H, S, D) with strides sq, fp16 or bf16
   const void* k;
   const void* v;
-  void* out;      // (B, H, S, D)
+  Strides sq, sk, sv;
+  void* out;      // (B, H, S, D) contiguous
   float* lse;     // (B, H, S) natural-log LSE, -inf for padded queries / rows without a valid key
   const unsigned long long* block_bits;  // (B, nb): bit t of word [b, j] = token j*64+t is real; null = no padding
   float* ws_o;    // (B, H, G, num_splits, 64, D) normalised partial outputs of the global rows (num_splits > 1)
@@ -63,14 +81,15 @@ struct FwdParams {
 };
 
 struct BwdParams {
-  const void* q;     // (B, H, S, D) contiguous
+  const void* q;     // (B, H, S, D) with strides sq
   const void* k;
   const void* v;
   const void* out;   // forward output
   const void* dout;  // gradient of out
+  Strides sq, sk, sv, so, sdo;
   const float* lse;   // (B, H, S) forward LSE
   const float* dlse;  // (B, H, S) gradient of lse, or null
-  void* dq;
+  void* dq;  // (B, H, S, D) contiguous
   void* dk;
   void* dv;
   float* delta;  // (B, H, S) workspace: rowsum(dout * out) - dlse
@@ -114,6 +133,150 @@ inline int num_row_tasks(int nb, int G, int num_splits) {
   return ((G + 1) / 2) * (G > 0 ? num_splits : 0) + (nb - G + 1) / 2;
 }
 
+// Threads and pipeline stages of each kernel.
+constexpr int kFwdSm80Threads = 256;
+constexpr int kFwdSm90Threads = 288;  // two consumer warpgroups + one producer warp
+constexpr int kBwdThreads = 256;
+constexpr int kAuxThreads = 256;      // mask packing, split merge / reductions, backward preprocess
+constexpr int fwd_sm80_stages(int D) { return D == 64 ? 3 : 2; }
+constexpr int kFwdSm90Stages = 4;
+constexpr int kBwdStages = 2;
+
+// Bytes of the global-block list and the schedule in shared memory (the list padded to an even count so
+// that the 8-byte aligned schedule follows it).
+constexpr size_t lists_smem_bytes(int G, int cap) {
+  return 16 + 4 * static_cast<size_t>((G + 1) & ~1) + static_cast<size_t>(kSchedEntryBytes) * cap;
+}
+// Dynamic shared memory of each main kernel (the launchers request exactly this).
+constexpr size_t fwd_sm80_smem_bytes(int D, int G, int cap) {  // 128 B alignment slack, Q[2], stages x {K, V}
+  return 128 + static_cast<size_t>(2 + 2 * fwd_sm80_stages(D)) * 64 * D * 2 + lists_smem_bytes(G, cap);
+}
+constexpr size_t fwd_sm90_smem_bytes(int D, int G, int cap) {  // 1 KB alignment slack, Q[2], stages x {K, V}, barriers
+  return 1024 + static_cast<size_t>(2 + 2 * kFwdSm90Stages) * 64 * D * 2 + 8 * (2 * kFwdSm90Stages + 1) +
+         lists_smem_bytes(G, cap);
+}
+constexpr size_t bwd_dq_smem_bytes(int D, int G, int cap) {  // Q[2], dO[2], stages x {K, V}
+  return 128 + static_cast<size_t>(4 + 2 * kBwdStages) * 64 * D * 2 + lists_smem_bytes(G, cap);
+}
+constexpr size_t bwd_dkdv_smem_bytes(int D, int G) {  // K[2], V[2], stages x {Q, dO}, stages x {lse2, delta}
+  return 128 + static_cast<size_t>(4 + 2 * kBwdStages) * 64 * D * 2 + static_cast<size_t>(kBwdStages) * 2 * 64 * 4 +
+         lists_smem_bytes(G, kDkdvSchedCap);
+}
+
+// Shape fields of the params (everything but pointers and layout): kv_split / q_split are the key
+// blocks per split of a global query row and the query blocks per split of a global key block.
+inline void set_fwd_shape(FwdParams& p, int B, int H, int S, int D, int W, int kv_split) {
+  p.B = B;
+  p.H = H;
+  p.S = S;
+  p.D = D;
+  p.nb = S / kBlock;
+  p.W = W;
+  p.kv_split = kv_split;
+  p.num_splits = ceil_div_int(p.nb, kv_split);
+  p.sched_cap = 2 * W > kv_split ? 2 * W : kv_split;
+}
+inline void set_bwd_shape(BwdParams& p, int B, int H, int S, int D, int W, int kv_split, int q_split) {
+  p.B = B;
+  p.H = H;
+  p.S = S;
+  p.D = D;
+  p.nb = S / kBlock;
+  p.W = W;
+  p.kv_split = kv_split;
+  p.num_kv_splits = ceil_div_int(p.nb, kv_split);
+  p.q_split = q_split;
+  p.num_q_splits = ceil_div_int(p.nb, q_split);
+  p.sched_cap = 2 * W > kv_split ? 2 * W : kv_split;
+}
+
+// A launch grid computed in 64 bits, so that an oversized dimension is caught instead of wrapping.
+struct Grid {
+  uint64_t x, y, z;
+  // CUDA's limits: x <= 2^31 - 1, y and z <= 65535, none empty.
+  bool ok() const { return x >= 1 && x <= 0x7fffffffull && y >= 1 && y <= 65535 && z >= 1 && z <= 65535; }
+  dim3 dim() const { return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z)); }
+};
+
+// Every launch of a forward (main kernel, then the split merge when needed).
+struct FwdPlan {
+  Grid main;
+  int main_threads;
+  size_t main_smem;
+  bool merge_needed;
+  Grid merge;  // x = b * H + h, y = global query block
+};
+inline FwdPlan plan_fwd(const FwdParams& p, bool sm90) {
+  const int G = p.lay.num_global;
+  FwdPlan f;
+  f.main = Grid{static_cast<uint64_t>(num_row_tasks(p.nb, G, p.num_splits)), static_cast<uint64_t>(p.H),
+                static_cast<uint64_t>(p.B)};
+  f.main_threads = sm90 ? kFwdSm90Threads : kFwdSm80Threads;
+  f.main_smem = sm90 ? fwd_sm90_smem_bytes(p.D, G, p.sched_cap) : fwd_sm80_smem_bytes(p.D, G, p.sched_cap);
+  f.merge_needed = G > 0 && p.num_splits > 1;
+  f.merge = Grid{static_cast<uint64_t>(p.B) * p.H, static_cast<uint64_t>(G > 0 ? G : 1), 1};
+  return f;
+}
+
+// Every launch of a backward: preprocess, dQ, dK/dV, then the split reductions when needed.
+struct BwdPlan {
+  Grid preprocess, dq, dkdv;
+  size_t dq_smem, dkdv_smem;
+  bool reduce_dq_needed, reduce_dkdv_needed;
+  Grid reduce;  // x = b * H + h, y = global block
+};
+inline int bwd_preprocess_rows_per_cta(int D) { return kAuxThreads / (D / 8); }
+inline BwdPlan plan_bwd(const BwdParams& p) {
+  const int G = p.lay.num_global;
+  const uint64_t rows = static_cast<uint64_t>(p.B) * p.H * p.S;
+  const uint64_t rpc = static_cast<uint64_t>(bwd_preprocess_rows_per_cta(p.D));
+  BwdPlan f;
+  f.preprocess = Grid{(rows + rpc - 1) / rpc, 1, 1};
+  f.dq = Grid{static_cast<uint64_t>(num_row_tasks(p.nb, G, p.num_kv_splits)), static_cast<uint64_t>(p.H),
+              static_cast<uint64_t>(p.B)};
+  f.dkdv = Grid{static_cast<uint64_t>(num_row_tasks(p.nb, G, p.num_q_splits)), static_cast<uint64_t>(p.H),
+                static_cast<uint64_t>(p.B)};
+  f.dq_smem = bwd_dq_smem_bytes(p.D, G, p.sched_cap);
+  f.dkdv_smem = bwd_dkdv_smem_bytes(p.D, G);
+  f.reduce_dq_needed = G > 0 && p.num_kv_splits > 1;
+  f.reduce_dkdv_needed = G > 0 && p.num_q_splits > 1;
+  f.reduce = Grid{static_cast<uint64_t>(p.B) * p.H, static_cast<uint64_t>(G > 0 ? G : 1), 1};
+  return f;
+}
+// The mask packer: one warp per 64-token block, 8 warps per CTA.
+inline Grid grid_pack_mask(int B, int S) {
+  const uint64_t blocks = static_cast<uint64_t>(B) * (S / kBlock);
+  return Grid{(blocks + 7) / 8, 1, 1};
+}
+
+// ---- inputs read in place -------------------------------------------------------------------------
+
+// Whether the kernels can read a (B, H, S, D) tensor of elem_bytes-byte elements in place: last
+// dimension contiguous, data pointer 16-byte aligned, and the stride of every other dimension longer
+// than 1 a positive multiple of 16 bytes (cp.async copies 16 bytes; TMA needs 16-byte aligned
+// addresses and strides). A contiguous tensor at a storage offset that is not a multiple of 16 bytes
+// fails this (`.contiguous()` does not fix it): the binding copies such inputs.
+inline bool readable_in_place(uint64_t data_ptr, const int64_t (&sizes)[4], const int64_t (&strides)[4], int elem_bytes) {
+  if (data_ptr % 16 != 0 || (sizes[3] > 1 && strides[3] != 1) || (sizes[3] * elem_bytes) % 16 != 0) return false;
+  for (int d = 0; d < 3; ++d) {
+    if (sizes[d] > 1 && (strides[d] <= 0 || (strides[d] * elem_bytes) % 16 != 0)) return false;
+  }
+  return true;
+}
+// The (b, h, s) strides the kernels use. A dimension of size 1 may carry any stride in torch; it is
+// replaced by the extent of the dimensions inside it, which is aligned like them (TMA checks every
+// stride, used or not).
+inline Strides kernel_strides(const int64_t (&sizes)[4], const int64_t (&strides)[4]) {
+  int64_t st[3];
+  int64_t inner = sizes[3];  // extent in elements of dims d+1..3, the D stride being 1
+  for (int d = 2; d >= 0; --d) {
+    st[d] = sizes[d] > 1 ? strides[d] : inner;
+    const int64_t ext = st[d] * sizes[d];
+    inner = ext > inner ? ext : inner;
+  }
+  return Strides{st[0], st[1], st[2]};
+}
+
 }  // namespace bigbird
 
 // ====================================================================================================
@@ -130,7 +293,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 struct SchedEntry {
   int id;  // block id (key block for row tasks, query block for column tasks)
   int w;   // multiplicity for slot 0 in the low 16 bits, for slot 1 in the high 16 bits
+  unsigned long long bits;  // validity of the block's 64 tokens (bit t = token id*64+t is real); ~0 without a mask
 };
+static_assert(sizeof(SchedEntry) == kSchedEntryBytes, "host-side shared-memory sizes assume 16-byte entries");
 
 __device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
@@ -167,8 +332,9 @@ __device__ __forceinline__ float to_float(uint16_t x) {
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
-__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
+// Copies 16 bytes, or writes 16 zero bytes without reading global memory when `keep` is false.
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, bool keep) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(keep ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -217,9 +383,12 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
-// All kThreads threads of the CTA copy a contiguous 64 x D tile from global memory (16 B per cp.async).
+// All kThreads threads of the CTA copy a 64 x D tile from global memory (16 B per cp.async): row r starts
+// at g + r * ld (elements). Rows whose bit in `rows` is 0 are written as zeros instead (padded tokens:
+// whatever they hold, NaN included, never enters a tensor-core product).
 template <int D, int kThreads>
-__device__ __forceinline__ void load_tile_async(uint16_t* s, const uint16_t* g, int tid) {
+__device__ __forceinline__ void load_tile_async(uint16_t* s, const uint16_t* g, int64_t ld, int tid,
+                                                unsigned long long rows = ~0ull) {
   constexpr int kChunks = D / 8;
   constexpr int kTotal = 64 * kChunks;
   static_assert(kTotal % kThreads == 0, "tile chunks must divide evenly among threads");
@@ -227,7 +396,7 @@ __device__ __forceinline__ void load_tile_async(uint16_t* s, const uint16_t* g, 
   for (int i = 0; i < kTotal / kThreads; ++i) {
     const int c = tid + i * kThreads;
     const int row = c / kChunks, ch = c % kChunks;
-    cp_async16(smem_u32(s + swz<D>(row, ch)), g + static_cast<size_t>(c) * 8);
+    cp_async16_zfill(smem_u32(s + swz<D>(row, ch)), g + row * ld + ch * 8, (rows >> row) & 1ull);
   }
 }
 
@@ -361,9 +530,11 @@ struct ListSpec {
 
 // One warp fills out[0..count) from the virtual list [phase 0 | a | b] starting at `cursor`, taking
 // 32 elements at a time while the next chunk is sure to fit in `cap`. Returns count, advances cursor.
-// Warp-uniform: call with all 32 lanes.
+// row_bits: this batch row's (nb,) validity words, or null without a mask; each entry gets its block's
+// word here, once, instead of a global load in the pipelined loop. Warp-uniform: call with all 32 lanes.
 template <bool kSorted>
-__device__ __forceinline__ int build_schedule(const ListSpec& L, int& cursor, SchedEntry* out, int cap, int lane) {
+__device__ __forceinline__ int build_schedule(const ListSpec& L, int& cursor, SchedEntry* out, int cap, int lane,
+                                              const unsigned long long* row_bits) {
   const int total = L.n0 + L.na + L.nbl;
   int count = 0;
   while (cursor < total && count + min(32, total - cursor) <= cap) {
@@ -410,6 +581,7 @@ __device__ __forceinline__ int build_schedule(const ListSpec& L, int& cursor, Sc
       const int pos = count + __popc(m & ((1u << lane) - 1u));
       out[pos].id = id;
       out[pos].w = min(wa, 0xffff) | (min(wb, 0xffff) << 16);
+      out[pos].bits = row_bits ? row_bits[id] : ~0ull;
     }
     count += __popc(m);
     cursor = min(cursor + 32, total);

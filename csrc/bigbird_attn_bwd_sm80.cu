@@ -11,6 +11,9 @@
 //      dK += dS^T Q. Global key blocks are split over query ranges; partials summed by dkdv_reduce.
 // Both main kernels handle two blocks per CTA (8 warps, 4 per block, 16 rows per warp) and walk the
 // merged schedule of the pair once, loading the shared blocks once.
+// Padding: rows of padded keys / values (dQ) and of padded queries / dout (dK/dV) are loaded as zeros,
+// and P and dS of every padded pair are selected to 0, so NaN / Inf in padded positions (of any input)
+// reach no real row and no gradient of a real position.
 #include "bigbird_attn.h"
 
 namespace bigbird {
@@ -18,30 +21,34 @@ namespace {
 
 using namespace dev;
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kBwdThreads;
 
 template <int D>
 struct BwdCfg {
   static constexpr int kTile = 64 * D;
-  static constexpr int kStages = 2;
+  static constexpr int kStages = kBwdStages;
   static constexpr int kMinBlocks = 1;
 };
 
 // ---------------------------------------------------------------------------------------------------
 // 1. preprocess
 // ---------------------------------------------------------------------------------------------------
-// D/8 threads per row, 16 bytes of dO and O each.
+// D/8 threads per row, 16 bytes of dO and O each; row = (b * H + h) * S + s.
 template <bool kBF16, int D>
-__global__ void __launch_bounds__(kThreads) bigbird_bwd_preprocess_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(kAuxThreads) bigbird_bwd_preprocess_kernel(const BwdParams p) {
   constexpr int kTpr = D / 8;  // threads per row
-  constexpr int kRowsPerCta = kThreads / kTpr;
+  constexpr int kRowsPerCta = kAuxThreads / kTpr;
   const size_t rows = static_cast<size_t>(p.B) * p.H * p.S;
   const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerCta + threadIdx.x / kTpr;
   const int part = threadIdx.x % kTpr;
   float acc = 0.f;
   if (row < rows) {
-    const uint4 a = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.dout) + row * D + part * 8);
-    const uint4 c = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.out) + row * D + part * 8);
+    const int64_t tok = static_cast<int64_t>(row % p.S), bh = static_cast<int64_t>(row / p.S);
+    const int64_t hh = bh % p.H, bb = bh / p.H;
+    const uint4 a = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.dout) + bb * p.sdo.b + hh * p.sdo.h +
+                                                    tok * p.sdo.s + part * 8);
+    const uint4 c = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.out) + bb * p.so.b + hh * p.so.h +
+                                                    tok * p.so.s + part * 8);
     const uint32_t av[4] = {a.x, a.y, a.z, a.w};
     const uint32_t cv[4] = {c.x, c.y, c.z, c.w};
 #pragma unroll
@@ -53,23 +60,18 @@ __global__ void __launch_bounds__(kThreads) bigbird_bwd_preprocess_kernel(const 
 #pragma unroll
   for (int off = kTpr / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (row < rows && part == 0) {
+    // rows without weight (padded queries, rows without a valid key): delta 0 (a select: their dout may
+    // hold NaN) and lse2 = +inf, so that P = 0 there
     const float lse = p.lse[row];
-    p.delta[row] = acc - (p.dlse ? p.dlse[row] : 0.f);
-    p.lse2[row] = (lse == -INFINITY) ? INFINITY : lse * kLog2e;
+    const bool live = lse != -INFINITY;
+    p.delta[row] = live ? acc - (p.dlse ? p.dlse[row] : 0.f) : 0.f;
+    p.lse2[row] = live ? lse * kLog2e : INFINITY;
   }
 }
 
 // ---------------------------------------------------------------------------------------------------
 // 2. dQ
 // ---------------------------------------------------------------------------------------------------
-template <int D>
-size_t dq_smem_bytes(int G, int cap) {
-  using C = BwdCfg<D>;
-  size_t bytes = 128 + static_cast<size_t>(4 + 2 * C::kStages) * C::kTile * 2;  // Q[2], dO[2], stages x {K, V}
-  bytes += 8 * C::kStages + 16 + 4 * static_cast<size_t>((G + 1) & ~1) + 8 * static_cast<size_t>(cap);
-  return bytes;
-}
-
 template <bool kBF16, int D>
 __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_dq_kernel(const BwdParams p) {
   using C = BwdCfg<D>;
@@ -82,8 +84,7 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
   uint16_t* sQ = reinterpret_cast<uint16_t*>(align_smem_128(smem_raw));  // [2] Q tiles, then [2] dO tiles
   uint16_t* sdO = sQ + 2 * kTile;
   uint16_t* sKV = sdO + 2 * kTile;
-  unsigned long long* sBits = reinterpret_cast<unsigned long long*>(sKV + 2 * kStages * kTile);
-  int* sMeta = reinterpret_cast<int*>(sBits + kStages);
+  int* sMeta = reinterpret_cast<int*>(sKV + 2 * kStages * kTile);
   int* sGlob = sMeta + 4;
   const int G = p.lay.num_global;
   SchedEntry* sSched = reinterpret_cast<SchedEntry*>(sGlob + ((G + 1) & ~1));
@@ -91,30 +92,31 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int h = blockIdx.y, b = blockIdx.z;
   const int nb = p.nb;
-  const bool has_mask = p.block_bits != nullptr;
+  const unsigned long long* row_bits = p.block_bits ? p.block_bits + static_cast<size_t>(b) * nb : nullptr;
 
   for (int i = tid; i < G; i += kThreads) sGlob[i] = global_at(p.lay, i);
   __syncthreads();
   const Task task = decode_row_task(p.lay, sGlob, nb, p.W, h, blockIdx.x, p.kv_split, p.num_kv_splits);
   const size_t bh = static_cast<size_t>(b) * p.H + h;
-  const size_t off = bh * p.S * D;
-  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + off;
-  const uint16_t* dog = static_cast<const uint16_t*>(p.dout) + off;
-  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + off;
-  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + off;
+  const size_t off = bh * p.S * D;  // of the contiguous dq
+  const int64_t ldq = p.sq.s, lddo = p.sdo.s, ldk = p.sk.s, ldv = p.sv.s;
+  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + b * p.sq.b + h * p.sq.h;
+  const uint16_t* dog = static_cast<const uint16_t*>(p.dout) + b * p.sdo.b + h * p.sdo.h;
+  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + b * p.sk.b + h * p.sk.h;
+  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + b * p.sv.b + h * p.sv.h;
 
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
     if (task.slot[s] >= 0) {
-      load_tile_async<D, kThreads>(sQ + s * kTile, qg + static_cast<size_t>(task.slot[s]) * kTile, tid);
-      load_tile_async<D, kThreads>(sdO + s * kTile, dog + static_cast<size_t>(task.slot[s]) * kTile, tid);
+      load_tile_async<D, kThreads>(sQ + s * kTile, qg + task.slot[s] * 64 * ldq, ldq, tid);
+      load_tile_async<D, kThreads>(sdO + s * kTile, dog + task.slot[s] * 64 * lddo, lddo, tid);
     }
   }
   cp_async_commit();
 
   if (warp == 0) {
     int cursor = 0;
-    const int n = build_schedule<false>(task.L, cursor, sSched, p.sched_cap, lane);
+    const int n = build_schedule<false>(task.L, cursor, sSched, p.sched_cap, lane, row_bits);
     if (lane == 0) {
       sMeta[0] = n;
       sMeta[1] = task.slot[0];  // re-read by the epilogue
@@ -127,11 +129,10 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
 
   auto load_step = [&](int t) {
     const int id = sSched[t].id;
-    const int st = t % kStages;
-    uint16_t* sK = sKV + st * 2 * kTile;
-    load_tile_async<D, kThreads>(sK, kg + static_cast<size_t>(id) * kTile, tid);
-    load_tile_async<D, kThreads>(sK + kTile, vg + static_cast<size_t>(id) * kTile, tid);
-    if (has_mask && tid == 0) cp_async8(smem_u32(sBits + st), p.block_bits + static_cast<size_t>(b) * nb + id);
+    const unsigned long long bits = sSched[t].bits;
+    uint16_t* sK = sKV + (t % kStages) * 2 * kTile;
+    load_tile_async<D, kThreads>(sK, kg + id * 64 * ldk, ldk, tid, bits);
+    load_tile_async<D, kThreads>(sK + kTile, vg + id * 64 * ldv, ldv, tid, bits);
   };
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
@@ -147,12 +148,14 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
   const uint32_t q_base = smem_u32(sQ + slot * kTile) + wrow * RB + off_a;
   const uint32_t do_base = smem_u32(sdO + slot * kTile) + wrow * RB + off_a;
   float lse2[2] = {INFINITY, INFINITY}, dlt[2] = {0.f, 0.f};
+  bool row_live[2] = {false, false};
   if (qblk >= 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const size_t row = bh * p.S + static_cast<size_t>(qblk) * 64 + wrow + (lane >> 2) + 8 * r;
       lse2[r] = p.lse2[row];
       dlt[r] = p.delta[row];
+      row_live[r] = lse2[r] != INFINITY;
     }
   }
 
@@ -170,13 +173,12 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
     const int st = t % kStages;
     const SchedEntry e = sSched[t];
     const int w = slot ? (e.w >> 16) : (e.w & 0xffff);
-    const unsigned long long bits = has_mask ? sBits[st] : ~0ull;
+    const unsigned long long bits = e.bits;
     if (w == 0 || bits == 0ull) continue;
     const float bias = (w == 1) ? 0.f : __log2f(static_cast<float>(w));
     const uint32_t k_base_b = smem_u32(sKV + st * 2 * kTile) + off_b;   // K as [n][k] B operand
     const uint32_t k_base_t = smem_u32(sKV + st * 2 * kTile) + off_a;   // K as [k][n] B operand
     const uint32_t v_base_b = smem_u32(sKV + st * 2 * kTile + kTile) + off_b;
-    const bool partial = bits != ~0ull;
     const unsigned long long tb = bits >> (2 * (lane & 3));  // see the forward kernel
     const uint32_t tb_lo = static_cast<uint32_t>(tb), tb_hi = static_cast<uint32_t>(tb >> 32);
 
@@ -208,9 +210,10 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          float pv = exp2f(fmaf(s[nt][j], scale_log2, bias) - lse2[j >> 1]);
-          if (partial && !(((hk == 0 ? tb_lo : tb_hi) >> (nt * 8 + (j & 1))) & 1u)) pv = 0.f;
-          s[nt][j] = pv * (dp[nt][j] - dlt[j >> 1]);  // dS
+          // dS, selected to 0 for padded keys and padded query rows (lse2 = +inf), whatever they hold
+          const bool live = row_live[j >> 1] && (((hk == 0 ? tb_lo : tb_hi) >> (nt * 8 + (j & 1))) & 1u);
+          const float pv = exp2f(fmaf(s[nt][j], scale_log2, bias) - lse2[j >> 1]);
+          s[nt][j] = live ? pv * (dp[nt][j] - dlt[j >> 1]) : 0.f;
         }
       }
       // dQ += dS K
@@ -251,15 +254,6 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
 // ---------------------------------------------------------------------------------------------------
 // 3. dK / dV
 // ---------------------------------------------------------------------------------------------------
-template <int D>
-size_t dkdv_smem_bytes(int G) {
-  using C = BwdCfg<D>;
-  size_t bytes = 128 + static_cast<size_t>(4 + 2 * C::kStages) * C::kTile * 2;  // K[2], V[2], stages x {Q, dO}
-  bytes += static_cast<size_t>(C::kStages) * 2 * 64 * 4;                   // stages x {lse2, delta}
-  bytes += 16 + 4 * static_cast<size_t>((G + 1) & ~1) + 8 * static_cast<size_t>(kDkdvSchedCap);
-  return bytes;
-}
-
 template <bool kBF16, int D>
 __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_dkdv_kernel(const BwdParams p) {
   using C = BwdCfg<D>;
@@ -282,24 +276,23 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int h = blockIdx.y, b = blockIdx.z;
   const int nb = p.nb;
+  const unsigned long long* row_bits = p.block_bits ? p.block_bits + static_cast<size_t>(b) * nb : nullptr;
 
   for (int i = tid; i < G; i += kThreads) sGlob[i] = global_at(p.lay, i);
   __syncthreads();
   const Task task = decode_col_task(p.lay, sGlob, nb, h, blockIdx.x, p.q_split, p.num_q_splits);
   const size_t bh = static_cast<size_t>(b) * p.H + h;
-  const size_t off = bh * p.S * D;
-  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + off;
-  const uint16_t* dog = static_cast<const uint16_t*>(p.dout) + off;
-  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + off;
-  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + off;
-  const float* lse2g = p.lse2 + bh * p.S;
-  const float* deltag = p.delta + bh * p.S;
+  const size_t off = bh * p.S * D;  // of the contiguous dk, dv
+  const int64_t ldk = p.sk.s, ldv = p.sv.s;
+  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + b * p.sk.b + h * p.sk.h;
+  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + b * p.sv.b + h * p.sv.h;
 
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
     if (task.slot[s] >= 0) {
-      load_tile_async<D, kThreads>(sK + s * kTile, kg + static_cast<size_t>(task.slot[s]) * kTile, tid);
-      load_tile_async<D, kThreads>(sV + s * kTile, vg + static_cast<size_t>(task.slot[s]) * kTile, tid);
+      const unsigned long long kbits = row_bits ? row_bits[task.slot[s]] : ~0ull;
+      load_tile_async<D, kThreads>(sK + s * kTile, kg + task.slot[s] * 64 * ldk, ldk, tid, kbits);
+      load_tile_async<D, kThreads>(sV + s * kTile, vg + task.slot[s] * 64 * ldv, ldv, tid, kbits);
     }
   }
   cp_async_commit();
@@ -317,8 +310,8 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
   const uint32_t k_base = smem_u32(sK + slot * kTile) + wrow * RB + off_a;
   const uint32_t v_base = smem_u32(sV + slot * kTile) + wrow * RB + off_a;
   bool key_ok[2] = {true, true};
-  if (p.block_bits != nullptr && kblk >= 0) {
-    const unsigned long long kb = p.block_bits[static_cast<size_t>(b) * nb + kblk];
+  if (row_bits != nullptr && kblk >= 0) {
+    const unsigned long long kb = row_bits[kblk];
 #pragma unroll
     for (int r = 0; r < 2; ++r) key_ok[r] = (kb >> (wrow + (lane >> 2) + 8 * r)) & 1ull;
   }
@@ -335,13 +328,19 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
 
   auto load_step = [&](int t) {
     const int id = sSched[t].id;  // query block
+    const unsigned long long qbits = sSched[t].bits;
     const int st = t % kStages;
     uint16_t* sQs = sQdO + st * 2 * kTile;
-    load_tile_async<D, kThreads>(sQs, qg + static_cast<size_t>(id) * kTile, tid);
-    load_tile_async<D, kThreads>(sQs + kTile, dog + static_cast<size_t>(id) * kTile, tid);
+    // addresses re-derived from the (constant-bank) params at each step rather than kept live: the
+    // D = 128 kernel holds 128 fp32 accumulators per thread and has no registers to spare
+    const int64_t row = static_cast<int64_t>(id) * 64;
+    load_tile_async<D, kThreads>(sQs, static_cast<const uint16_t*>(p.q) + b * p.sq.b + h * p.sq.h + row * p.sq.s, p.sq.s,
+                                 tid, qbits);
+    load_tile_async<D, kThreads>(sQs + kTile,
+                                 static_cast<const uint16_t*>(p.dout) + b * p.sdo.b + h * p.sdo.h + row * p.sdo.s,
+                                 p.sdo.s, tid, qbits);
     if (tid < 32) {
-      const float* src = (tid < 16) ? lse2g + static_cast<size_t>(id) * 64 + tid * 4
-                                    : deltag + static_cast<size_t>(id) * 64 + (tid - 16) * 4;
+      const float* src = ((tid < 16) ? p.lse2 + tid * 4 : p.delta + (tid - 16) * 4) + bh * p.S + row;
       cp_async16(smem_u32(sStat + st * 128 + tid * 4), src);
     }
   };
@@ -349,7 +348,7 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
   int cursor = 0;  // warp 0's position in the virtual list (uniform over its lanes)
   while (true) {
     if (warp == 0) {
-      const int cnt = build_schedule<true>(task.L, cursor, sSched, kDkdvSchedCap, lane);
+      const int cnt = build_schedule<true>(task.L, cursor, sSched, kDkdvSchedCap, lane, row_bits);
       if (lane == 0) sMeta[0] = cnt;
     }
     __syncthreads();
@@ -379,7 +378,7 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
       const float* sL = sStat + st * 128;
       const float* sDl = sL + 64;
 
-#pragma unroll
+#pragma unroll 1  // not unrolled: interleaving the two halves costs the registers that D = 128 lacks (spills)
       for (int hq = 0; hq < 64 / QC; ++hq) {  // QC query rows at a time
         float sT[QC / 8][4], dpT[QC / 8][4];
 #pragma unroll
@@ -414,8 +413,10 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
           for (int j = 0; j < 4; ++j) {
             const float lq = (j & 1) ? l2.y : l2.x;
             const float dq = (j & 1) ? dl.y : dl.x;
-            float pv = exp2f(fmaf(sT[nt][j], scale_log2, bias) - lq);
-            if (!key_ok[j >> 1]) pv = 0.f;
+            // every operand is finite here: padded K / V rows (slot tiles) and padded Q / dO rows (stages)
+            // were loaded as zeros, and delta is 0 on padded query rows; so P = exp2(x - inf) = 0 on
+            // padded queries, and P of padded keys is selected to 0
+            const float pv = key_ok[j >> 1] ? exp2f(fmaf(sT[nt][j], scale_log2, bias) - lq) : 0.f;
             sT[nt][j] = pv;
             dpT[nt][j] = pv * (dpT[nt][j] - dq);
           }
@@ -471,7 +472,8 @@ __global__ void __launch_bounds__(kThreads, BwdCfg<D>::kMinBlocks) bigbird_bwd_d
 }
 
 // ---------------------------------------------------------------------------------------------------
-// split reductions (fixed order over splits): one CTA per (global index, b*H + h); 4 threads per row
+// split reductions (fixed order over splits): one CTA per (b*H + h, global index) (grid of plan_bwd);
+// 4 threads per row
 // ---------------------------------------------------------------------------------------------------
 template <bool kBF16, int D>
 __device__ __forceinline__ void reduce_rows(const float* ws, int ns, uint16_t* dst_row, int row, int c0) {
@@ -503,9 +505,9 @@ __device__ __forceinline__ void reduce_rows(const float* ws, int ns, uint16_t* d
 
 // which = 0: dQ of global query rows; which = 1: dK and dV of global key blocks
 template <bool kBF16, int D>
-__global__ void __launch_bounds__(256) bigbird_bwd_reduce_kernel(const BwdParams p, int which) {
-  const int g = blockIdx.x;
-  const size_t bh = blockIdx.y;
+__global__ void __launch_bounds__(kAuxThreads) bigbird_bwd_reduce_kernel(const BwdParams p, int which) {
+  const size_t bh = blockIdx.x;
+  const int g = blockIdx.y;
   const int G = p.lay.num_global;
   const int blk = global_at(p.lay, g);
   const int row = threadIdx.x >> 2;
@@ -523,39 +525,33 @@ __global__ void __launch_bounds__(256) bigbird_bwd_reduce_kernel(const BwdParams
 
 template <bool kBF16, int D>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
-  const int G = p.lay.num_global;
+  const BwdPlan plan = plan_bwd(p);
+  if (!plan.preprocess.ok() || !plan.dq.ok() || !plan.dkdv.ok() || !plan.reduce.ok()) return cudaErrorInvalidConfiguration;
   cudaError_t err;
-  {
-    constexpr int kRowsPerCta = kThreads / (D / 8);
-    const size_t rows = static_cast<size_t>(p.B) * p.H * p.S;
-    const unsigned blocks = static_cast<unsigned>((rows + kRowsPerCta - 1) / kRowsPerCta);
-    bigbird_bwd_preprocess_kernel<kBF16, D><<<blocks, kThreads, 0, stream>>>(p);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  }
+  bigbird_bwd_preprocess_kernel<kBF16, D><<<plan.preprocess.dim(), kAuxThreads, 0, stream>>>(p);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
   {
     auto kernel = bigbird_bwd_dq_kernel<kBF16, D>;
-    const size_t smem = dq_smem_bytes<D>(G, p.sched_cap);
-    if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))) != cudaSuccess)
+    if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.dq_smem))) !=
+        cudaSuccess)
       return err;
-    const dim3 grid(num_row_tasks(p.nb, G, p.num_kv_splits), p.H, p.B);
-    kernel<<<grid, kThreads, smem, stream>>>(p);
+    kernel<<<plan.dq.dim(), kThreads, plan.dq_smem, stream>>>(p);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   {
     auto kernel = bigbird_bwd_dkdv_kernel<kBF16, D>;
-    const size_t smem = dkdv_smem_bytes<D>(G);
-    if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))) != cudaSuccess)
+    if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.dkdv_smem))) !=
+        cudaSuccess)
       return err;
-    const dim3 grid(num_row_tasks(p.nb, G, p.num_q_splits), p.H, p.B);
-    kernel<<<grid, kThreads, smem, stream>>>(p);
+    kernel<<<plan.dkdv.dim(), kThreads, plan.dkdv_smem, stream>>>(p);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  if (G > 0 && p.num_kv_splits > 1) {
-    bigbird_bwd_reduce_kernel<kBF16, D><<<dim3(G, p.B * p.H), 256, 0, stream>>>(p, 0);
+  if (plan.reduce_dq_needed) {
+    bigbird_bwd_reduce_kernel<kBF16, D><<<plan.reduce.dim(), kAuxThreads, 0, stream>>>(p, 0);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  if (G > 0 && p.num_q_splits > 1) {
-    bigbird_bwd_reduce_kernel<kBF16, D><<<dim3(G, p.B * p.H), 256, 0, stream>>>(p, 1);
+  if (plan.reduce_dkdv_needed) {
+    bigbird_bwd_reduce_kernel<kBF16, D><<<plan.reduce.dim(), kAuxThreads, 0, stream>>>(p, 1);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   return cudaSuccess;

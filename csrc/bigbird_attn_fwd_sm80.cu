@@ -4,6 +4,7 @@
 // One CTA = 8 warps = two query blocks ("slots", 4 warps x 16 rows each). Both slots walk one merged
 // schedule of key blocks (see bigbird_attn.h); a warp skips the steps its slot does not list, and a
 // block listed c times is processed once with the score bias log2(c).
+// Padded keys: their K and V rows are loaded as zeros and their scores selected to -inf.
 // Also here: the mask packer and the merge of the split-KV partials of the global query rows.
 #include "bigbird_attn.h"
 
@@ -14,24 +15,12 @@ using namespace dev;
 
 template <int D>
 struct FwdSm80Cfg {
-  static constexpr int kThreads = 256;
-  static constexpr int kStages = (D == 64) ? 3 : 2;
+  static constexpr int kThreads = kFwdSm80Threads;
+  static constexpr int kStages = fwd_sm80_stages(D);
   static constexpr int kTile = 64 * D;      // elements of one 64 x D tile
   static constexpr bool kQInRegs = false;
   static constexpr int kMinBlocks = (D == 64) ? 2 : 1;
 };
-
-template <int D>
-size_t fwd_sm80_smem_bytes(int G, int cap) {
-  using C = FwdSm80Cfg<D>;
-  size_t bytes = 128;                                                       // alignment slack
-  bytes += static_cast<size_t>(2 + 2 * C::kStages) * C::kTile * 2;           // Q[2] + stages x {K, V}
-  bytes += 8 * C::kStages;                                                // key bits per stage
-  bytes += 16;                                                            // meta
-  bytes += 4 * static_cast<size_t>((G + 1) & ~1);                          // global block ids
-  bytes += 8 * static_cast<size_t>(cap);                                   // schedule
-  return bytes;
-}
 
 template <bool kBF16, int D>
 __global__ void __launch_bounds__(FwdSm80Cfg<D>::kThreads, FwdSm80Cfg<D>::kMinBlocks)
@@ -45,8 +34,7 @@ __global__ void __launch_bounds__(FwdSm80Cfg<D>::kThreads, FwdSm80Cfg<D>::kMinBl
   extern __shared__ __align__(128) unsigned char smem_raw[];
   uint16_t* sQ = reinterpret_cast<uint16_t*>(align_smem_128(smem_raw));
   uint16_t* sKV = sQ + 2 * kTile;
-  unsigned long long* sBits = reinterpret_cast<unsigned long long*>(sKV + 2 * kStages * kTile);
-  int* sMeta = reinterpret_cast<int*>(sBits + kStages);
+  int* sMeta = reinterpret_cast<int*>(sKV + 2 * kStages * kTile);
   int* sGlob = sMeta + 4;
   const int G = p.lay.num_global;
   SchedEntry* sSched = reinterpret_cast<SchedEntry*>(sGlob + ((G + 1) & ~1));
@@ -54,26 +42,27 @@ __global__ void __launch_bounds__(FwdSm80Cfg<D>::kThreads, FwdSm80Cfg<D>::kMinBl
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int h = blockIdx.y, b = blockIdx.z;
   const int nb = p.nb;
-  const bool has_mask = p.block_bits != nullptr;
+  const unsigned long long* row_bits = p.block_bits ? p.block_bits + static_cast<size_t>(b) * nb : nullptr;
 
   for (int i = tid; i < G; i += C::kThreads) sGlob[i] = global_at(p.lay, i);
   __syncthreads();
 
   const Task task = decode_row_task(p.lay, sGlob, nb, p.W, h, blockIdx.x, p.kv_split, p.num_splits);
   const size_t bh = static_cast<size_t>(b) * p.H + h;
-  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + bh * p.S * D;
-  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + bh * p.S * D;
-  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + bh * p.S * D;
+  const int64_t ldq = p.sq.s, ldk = p.sk.s, ldv = p.sv.s;
+  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + b * p.sq.b + h * p.sq.h;
+  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + b * p.sk.b + h * p.sk.h;
+  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + b * p.sv.b + h * p.sv.h;
 
   // Q tiles of both slots: the first cp.async group
 #pragma unroll
   for (int s = 0; s < 2; ++s)
-    if (task.slot[s] >= 0) load_tile_async<D, C::kThreads>(sQ + s * kTile, qg + static_cast<size_t>(task.slot[s]) * kTile, tid);
+    if (task.slot[s] >= 0) load_tile_async<D, C::kThreads>(sQ + s * kTile, qg + task.slot[s] * 64 * ldq, ldq, tid);
   cp_async_commit();
 
   if (warp == 0) {
     int cursor = 0;
-    const int n = build_schedule<false>(task.L, cursor, sSched, p.sched_cap, lane);
+    const int n = build_schedule<false>(task.L, cursor, sSched, p.sched_cap, lane, row_bits);
     if (lane == 0) {
       sMeta[0] = n;
       sMeta[1] = task.slot[0];  // re-read by the epilogue: nothing of the task stays live in registers
@@ -86,11 +75,10 @@ __global__ void __launch_bounds__(FwdSm80Cfg<D>::kThreads, FwdSm80Cfg<D>::kMinBl
 
   auto load_step = [&](int t) {
     const int id = sSched[t].id;
-    const int st = t % kStages;
-    uint16_t* sK = sKV + st * 2 * kTile;
-    load_tile_async<D, C::kThreads>(sK, kg + static_cast<size_t>(id) * kTile, tid);
-    load_tile_async<D, C::kThreads>(sK + kTile, vg + static_cast<size_t>(id) * kTile, tid);
-    if (has_mask && tid == 0) cp_async8(smem_u32(sBits + st), p.block_bits + static_cast<size_t>(b) * nb + id);
+    const unsigned long long bits = sSched[t].bits;
+    uint16_t* sK = sKV + (t % kStages) * 2 * kTile;
+    load_tile_async<D, C::kThreads>(sK, kg + id * 64 * ldk, ldk, tid, bits);
+    load_tile_async<D, C::kThreads>(sK + kTile, vg + id * 64 * ldv, ldv, tid, bits);
   };
 
 #pragma unroll
@@ -129,7 +117,7 @@ __global__ void __launch_bounds__(FwdSm80Cfg<D>::kThreads, FwdSm80Cfg<D>::kMinBl
     const int st = t % kStages;
     const SchedEntry e = sSched[t];
     const int w = slot ? (e.w >> 16) : (e.w & 0xffff);
-    const unsigned long long bits = has_mask ? sBits[st] : ~0ull;
+    const unsigned long long bits = e.bits;
     if (w == 0 || bits == 0ull) continue;
     const float bias = (w == 1) ? 0.f : __log2f(static_cast<float>(w));
     const uint32_t k_base = smem_u32(sKV + st * 2 * kTile) + off_b;
@@ -226,22 +214,29 @@ __global__ void __launch_bounds__(FwdSm80Cfg<D>::kThreads, FwdSm80Cfg<D>::kMinBl
   const int qblk = sMeta[1 + slot];
   const int split = sMeta[3];
   if (qblk < 0) return;
-  const unsigned long long qbits = has_mask ? p.block_bits[static_cast<size_t>(b) * nb + qblk] : ~0ull;
-  float inv[2], lse[2];
+  const unsigned long long qbits = row_bits ? row_bits[qblk] : ~0ull;
+  float lse[2];
+  const float one[2] = {1.f, 1.f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     const int row = wrow + (lane >> 2) + 8 * r;
+    // padded query rows and rows without a valid key: exactly 0 (a select: their o may hold NaN)
     const bool ok = ((qbits >> row) & 1ull) && l[r] > 0.f;
-    inv[r] = ok ? 1.f / l[r] : 0.f;
+    const float inv = 1.f / l[r];
+#pragma unroll
+    for (int dt = 0; dt < NT; ++dt) {
+      o[dt][2 * r] = ok ? o[dt][2 * r] * inv : 0.f;
+      o[dt][2 * r + 1] = ok ? o[dt][2 * r + 1] * inv : 0.f;
+    }
     lse[r] = ok ? (m[r] + __log2f(l[r])) * kLn2 : -INFINITY;
   }
 
   if (split >= 0 && p.num_splits > 1) {
     const int gidx = 2 * (static_cast<int>(blockIdx.x) / p.num_splits) + slot;
     const size_t base = ((bh * G + gidx) * p.num_splits + split) * 64;
-    store_rows_f32<D>(p.ws_o + base * D, wrow, o, inv, lane);
+    store_rows_f32<D>(p.ws_o + base * D, wrow, o, one, lane);
     if ((lane & 3) == 0) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) p.ws_lse[base + wrow + (lane >> 2) + 8 * r] = lse[r];
@@ -250,20 +245,20 @@ __global__ void __launch_bounds__(FwdSm80Cfg<D>::kThreads, FwdSm80Cfg<D>::kMinBl
   }
   uint16_t* og = static_cast<uint16_t*>(p.out) + (bh * p.S + static_cast<size_t>(qblk) * 64) * D;
   // Only this warp reads rows wrow..wrow+15 of its slot's Q tile: reuse them to stage the output.
-  store_rows_via_smem<kBF16, D>(sQ + slot * kTile, wrow, o, inv, og, lane);
+  store_rows_via_smem<kBF16, D>(sQ + slot * kTile, wrow, o, one, og, lane);
   if ((lane & 3) == 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) p.lse[bh * p.S + qblk * 64 + wrow + (lane >> 2) + 8 * r] = lse[r];
   }
 }
 
-// Merge of the split-KV partials of the global query rows: one CTA per (global block, b*H + h);
-// 4 threads per row, each D/4 columns.
+// Merge of the split-KV partials of the global query rows: one CTA per (b*H + h, global block)
+// (grid of plan_fwd); 4 threads per row, each D/4 columns.
 template <bool kBF16, int D>
-__global__ void __launch_bounds__(256) bigbird_fwd_merge_kernel(const FwdParams p) {
+__global__ void __launch_bounds__(kAuxThreads) bigbird_fwd_merge_kernel(const FwdParams p) {
   constexpr int kCols = D / 4;
-  const int g = blockIdx.x;
-  const size_t bh = blockIdx.y;
+  const size_t bh = blockIdx.x;
+  const int g = blockIdx.y;
   const int b = static_cast<int>(bh / p.H);
   const int G = p.lay.num_global;
   const int qblk = global_at(p.lay, g);
@@ -315,7 +310,7 @@ __global__ void __launch_bounds__(256) bigbird_fwd_merge_kernel(const FwdParams 
 }
 
 // One warp per 64-token block: two ballots give the 64 validity bits.
-__global__ void __launch_bounds__(256) bigbird_pack_mask_kernel(const uint8_t* __restrict__ mask,
+__global__ void __launch_bounds__(kAuxThreads) bigbird_pack_mask_kernel(const uint8_t* __restrict__ mask,
                                                                 unsigned long long* __restrict__ bits, int total_blocks) {
   const int wid = blockIdx.x * 8 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -329,11 +324,11 @@ __global__ void __launch_bounds__(256) bigbird_pack_mask_kernel(const uint8_t* _
 template <bool kBF16, int D>
 cudaError_t launch_fwd_sm80(const FwdParams& p, cudaStream_t stream) {
   auto kernel = bigbird_fwd_sm80_kernel<kBF16, D>;
-  const size_t smem = fwd_sm80_smem_bytes<D>(p.lay.num_global, p.sched_cap);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  const FwdPlan plan = plan_fwd(p, false);
+  if (!plan.main.ok()) return cudaErrorInvalidConfiguration;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.main_smem));
   if (err != cudaSuccess) return err;
-  const dim3 grid(num_row_tasks(p.nb, p.lay.num_global, p.num_splits), p.H, p.B);
-  kernel<<<grid, FwdSm80Cfg<D>::kThreads, smem, stream>>>(p);
+  kernel<<<plan.main.dim(), plan.main_threads, plan.main_smem, stream>>>(p);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return bigbird_fwd_merge(p, stream);
@@ -341,8 +336,9 @@ cudaError_t launch_fwd_sm80(const FwdParams& p, cudaStream_t stream) {
 
 template <bool kBF16, int D>
 cudaError_t launch_fwd_merge(const FwdParams& p, cudaStream_t stream) {
-  const dim3 grid(p.lay.num_global, p.B * p.H);
-  bigbird_fwd_merge_kernel<kBF16, D><<<grid, 256, 0, stream>>>(p);
+  const Grid grid = plan_fwd(p, false).merge;
+  if (!grid.ok()) return cudaErrorInvalidConfiguration;
+  bigbird_fwd_merge_kernel<kBF16, D><<<grid.dim(), kAuxThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -351,12 +347,14 @@ cudaError_t launch_fwd_merge(const FwdParams& p, cudaStream_t stream) {
 cudaError_t bigbird_pack_mask(const uint8_t* mask, unsigned long long* bits, int B, int S, cudaStream_t stream) {
   const int total = B * (S / kBlock);
   if (total == 0) return cudaSuccess;
-  bigbird_pack_mask_kernel<<<(total + 7) / 8, 256, 0, stream>>>(mask, bits, total);
+  const Grid grid = grid_pack_mask(B, S);
+  if (!grid.ok()) return cudaErrorInvalidConfiguration;
+  bigbird_pack_mask_kernel<<<grid.dim(), kAuxThreads, 0, stream>>>(mask, bits, total);
   return cudaGetLastError();
 }
 
 cudaError_t bigbird_fwd_merge(const FwdParams& p, cudaStream_t stream) {
-  if (p.lay.num_global == 0 || p.num_splits <= 1) return cudaSuccess;
+  if (!plan_fwd(p, false).merge_needed) return cudaSuccess;
   if (p.is_bf16) return p.D == 64 ? launch_fwd_merge<true, 64>(p, stream) : launch_fwd_merge<true, 128>(p, stream);
   return p.D == 64 ? launch_fwd_merge<false, 64>(p, stream) : launch_fwd_merge<false, 128>(p, stream);
 }

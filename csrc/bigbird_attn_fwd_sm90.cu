@@ -10,13 +10,23 @@
 // A warpgroup whose slot does not list a step still waits for it and releases it, so it can never run
 // a whole ring ahead of the other one.
 //
+// The schedule (built once by the producer warp) carries each key block's validity bits, so the
+// producer's loop issues nothing but TMA. The kernel is specialised on has_mask: without a mask there
+// is no bit test at all. With one, a step whose key block is partly padded first has its padded V rows
+// zeroed in shared memory by the two consumer warpgroups (a TMA box cannot skip rows; P = 0 times a
+// NaN in V would still be NaN), and padded keys' scores are selected to -inf.
+//
+// Q, K, V are read through 4-D tensor maps (D, S, H, B) built from the tensors' strides, so BSHD views
+// (the model's view(B, S, H, D).transpose(1, 2)) are read in place.
+//
 // Shared-memory operands use TMA's 128-byte swizzle: a 64 x 64 sub-tile (128-byte rows, 8 KB,
 // 1024-byte aligned) per 64 columns of D. wgmma descriptors: K-major (Q, K): SBO = 1024 (8-row groups),
 // LBO unused, +32 bytes per k16 step inside a sub-tile; N-major (V): SBO = 1024 (8 key rows), LBO = 8 KB
 // (next 64 columns of D), +2 KB per k16 step (16 key rows).
 //
 // The sm_80 compile of this file (and any compile without the sm_90a feature set) keeps only empty
-// stubs; bigbird_fwd_sm90_supported() runs a probe kernel to find out which one the device loads.
+// stubs; bigbird_fwd_sm90_supported() reads the attributes of a marker kernel to find out which one the
+// device loads (no allocation, launch or synchronisation: safe inside CUDA-graph capture).
 #include "bigbird_attn.h"
 
 #include <cuda.h>
@@ -36,23 +46,18 @@ template <int D>
 struct FwdSm90Cfg {
   static constexpr int kConsumerWarps = 8;
   static constexpr int kThreads = 32 * (kConsumerWarps + 1);
-  static constexpr int kStages = 4;
+  static_assert(kThreads == kFwdSm90Threads, "plan_fwd launches kFwdSm90Threads");
+  static constexpr int kStages = kFwdSm90Stages;
   static constexpr int kSub = D / 64;              // 64-column sub-tiles (one TMA box each)
   static constexpr int kSubBytes = 64 * 64 * 2;    // 8 KB
   static constexpr int kTileBytes = kSub * kSubBytes;
   static constexpr int kMinBlocks = (D == 64) ? 2 : 1;
+  static_assert(static_cast<size_t>(1024 + (2 + 2 * kStages) * kTileBytes) <= fwd_sm90_smem_bytes(D, 0, 0),
+                "fwd_sm90_smem_bytes (bigbird_attn.h) covers the tiles");
 };
 
-template <int D>
-size_t fwd_sm90_smem_bytes(int G, int cap) {
-  using C = FwdSm90Cfg<D>;
-  size_t bytes = 1024;                                                  // alignment slack
-  bytes += static_cast<size_t>(2 + 2 * C::kStages) * C::kTileBytes;     // Q[2] + stages x {K, V}
-  bytes += 8 * static_cast<size_t>(2 * C::kStages + 1);                 // full[], empty[], q barrier
-  bytes += 8 * static_cast<size_t>(C::kStages);                         // key bits per stage
-  bytes += 16 + 4 * static_cast<size_t>((G + 1) & ~1) + 8 * static_cast<size_t>(cap);
-  return bytes;
-}
+// Static shared memory of the sm_90a build of the marker kernel (every other build has none).
+constexpr int kProbeMarkerWords = 256;
 
 #ifdef BIGBIRD_SM90_DEVICE
 
@@ -80,12 +85,18 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 __device__ __forceinline__ void fence_barrier_init() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+// Box at (column c0, token c1, head c2, batch c3) of a (D, S, H, B) tensor map.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                            uint32_t bar) {
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
 }
+// Makes this thread's generic-proxy shared-memory writes visible to the async proxy (wgmma operands).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Named barrier 1 over the two consumer warpgroups (barrier 0 is __syncthreads, which the producer left).
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 __device__ __forceinline__ void prefetch_tmap(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
@@ -207,7 +218,7 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const uint32_t (&a)[
 
 #endif  // BIGBIRD_SM90_DEVICE
 
-template <bool kBF16, int D>
+template <bool kBF16, int D, bool kHasMask>
 __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBlocks)
     bigbird_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tmQ, const __grid_constant__ CUtensorMap tmK,
                             const __grid_constant__ CUtensorMap tmV, const FwdParams p) {
@@ -225,8 +236,7 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
   const uint32_t full_bar = smem_u32(bars);            // [kStages]
   const uint32_t empty_bar = full_bar + 8 * kStages;   // [kStages]
   const uint32_t q_bar = empty_bar + 8 * kStages;
-  unsigned long long* sBits = bars + 2 * kStages + 1;  // [kStages]
-  int* sMeta = reinterpret_cast<int*>(sBits + kStages);
+  int* sMeta = reinterpret_cast<int*>(bars + 2 * kStages + 1);
   int* sGlob = sMeta + 4;
   const int G = p.lay.num_global;
   SchedEntry* sSched = reinterpret_cast<SchedEntry*>(sGlob + ((G + 1) & ~1));
@@ -234,7 +244,7 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int h = blockIdx.y, b = blockIdx.z;
   const int nb = p.nb;
-  const bool has_mask = p.block_bits != nullptr;
+  const unsigned long long* row_bits = kHasMask ? p.block_bits + static_cast<size_t>(b) * nb : nullptr;
 
   if (tid == 0) {
 #pragma unroll
@@ -251,7 +261,7 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
   if (warp == C::kConsumerWarps) {
     const Task task = decode_row_task(p.lay, sGlob, nb, p.W, h, blockIdx.x, p.kv_split, p.num_splits);
     int cursor = 0;
-    const int n = build_schedule<false>(task.L, cursor, sSched, p.sched_cap, lane);
+    const int n = build_schedule<false>(task.L, cursor, sSched, p.sched_cap, lane, row_bits);
     if (lane == 0) {
       sMeta[0] = n;
       sMeta[1] = task.slot[0];
@@ -261,7 +271,6 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
   }
   __syncthreads();
   const int n = sMeta[0];
-  const int row0 = (b * p.H + h) * p.S;  // first row of this (b, h) in the (B*H*S, D) view
 
   // ---------------------------------------------------------------------------------------- producer
   if (warp == C::kConsumerWarps) {
@@ -273,20 +282,19 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
       mbar_expect_tx(q_bar, (s1 >= 0 ? 2 : 1) * kTileBytes);
 #pragma unroll
       for (int c = 0; c < C::kSub; ++c) {
-        tma_load_2d(sQ + c * C::kSubBytes, &tmQ, c * 64, row0 + s0 * 64, q_bar);
-        if (s1 >= 0) tma_load_2d(sQ + kTileBytes + c * C::kSubBytes, &tmQ, c * 64, row0 + s1 * 64, q_bar);
+        tma_load_4d(sQ + c * C::kSubBytes, &tmQ, c * 64, s0 * 64, h, b, q_bar);
+        if (s1 >= 0) tma_load_4d(sQ + kTileBytes + c * C::kSubBytes, &tmQ, c * 64, s1 * 64, h, b, q_bar);
       }
       for (int t = 0; t < n; ++t) {
         const int st = t % kStages;
         if (t >= kStages) mbar_wait(empty_bar + 8 * st, ((t / kStages) + 1) & 1);  // step t - kStages released
         const int id = sSched[t].id;
-        sBits[st] = has_mask ? p.block_bits[static_cast<size_t>(b) * nb + id] : ~0ull;
         mbar_expect_tx(full_bar + 8 * st, 2 * kTileBytes);
         const uint32_t kdst = sKV + st * 2 * kTileBytes;
 #pragma unroll
         for (int c = 0; c < C::kSub; ++c) {
-          tma_load_2d(kdst + c * C::kSubBytes, &tmK, c * 64, row0 + id * 64, full_bar + 8 * st);
-          tma_load_2d(kdst + kTileBytes + c * C::kSubBytes, &tmV, c * 64, row0 + id * 64, full_bar + 8 * st);
+          tma_load_4d(kdst + c * C::kSubBytes, &tmK, c * 64, id * 64, h, b, full_bar + 8 * st);
+          tma_load_4d(kdst + kTileBytes + c * C::kSubBytes, &tmV, c * 64, id * 64, h, b, full_bar + 8 * st);
         }
       }
     }
@@ -311,11 +319,26 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
     mbar_wait(full_bar + 8 * st, (t / kStages) & 1);
     const SchedEntry e = sSched[t];
     const int w = wg ? (e.w >> 16) : (e.w & 0xffff);
-    const unsigned long long bits = sBits[st];
+    const unsigned long long bits = kHasMask ? e.bits : ~0ull;
+    const uint32_t k_addr = sKV + st * 2 * kTileBytes;
+    const uint32_t v_addr = k_addr + kTileBytes;
+    if (kHasMask && bits != ~0ull && bits != 0ull) {  // uniform over both warpgroups
+      // zero the padded rows of V: 16 bytes per thread and pass (a 128-byte row is whole in each
+      // 64-column sub-tile whatever the swizzle), then publish the writes to wgmma
+#pragma unroll
+      for (int i = 0; i < (64 * 8 * C::kSub) / 256; ++i) {
+        const int c = tid + 256 * i;  // (sub-tile, row, 16-byte chunk)
+        const int row = (c >> 3) & 63;
+        if (!((bits >> row) & 1ull)) {
+          const uint32_t addr = v_addr + (c >> 9) * C::kSubBytes + row * 128 + (c & 7) * 16;
+          asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
+        }
+      }
+      fence_proxy_async();
+      consumers_sync();
+    }
     if (w > 0 && bits != 0ull) {  // uniform over the warpgroup
       const float bias = (w == 1) ? 0.f : __log2f(static_cast<float>(w));
-      const uint32_t k_addr = sKV + st * 2 * kTileBytes;
-      const uint32_t v_addr = k_addr + kTileBytes;
 
       // S = Q K^T
       float s[32];
@@ -334,7 +357,7 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
 
       // online softmax (rows 16 wq + lane/4 (+8); s[4 nt + j] is column 8 nt + 2 (lane % 4) + j % 2)
       float mx[2] = {-INFINITY, -INFINITY};
-      const bool partial = bits != ~0ull;
+      const bool partial = kHasMask && bits != ~0ull;
       const unsigned long long tb = bits >> (2 * (lane & 3));
       const uint32_t tb_lo = static_cast<uint32_t>(tb), tb_hi = static_cast<uint32_t>(tb >> 32);
 #pragma unroll
@@ -342,7 +365,7 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           float x = fmaf(s[4 * nt + j], scale_log2, bias);
-          if (partial && !(((nt < 4 ? tb_lo : tb_hi) >> ((nt & 3) * 8 + (j & 1))) & 1u)) x = -INFINITY;
+          if (kHasMask && partial && !(((nt < 4 ? tb_lo : tb_hi) >> ((nt & 3) * 8 + (j & 1))) & 1u)) x = -INFINITY;
           s[4 * nt + j] = x;
           mx[j >> 1] = fmaxf(mx[j >> 1], x);
         }
@@ -393,16 +416,22 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
   // ---------------------------------------------------------------------------------------- epilogue
   const int qblk = sMeta[1 + wg];
   if (qblk < 0) return;
-  const unsigned long long qbits = has_mask ? p.block_bits[static_cast<size_t>(b) * nb + qblk] : ~0ull;
-  float inv[2], lse[2];
+  const unsigned long long qbits = kHasMask ? row_bits[qblk] : ~0ull;
+  float lse[2];
   int rows[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     rows[r] = 16 * wq + (lane >> 2) + 8 * r;
+    // padded query rows and rows without a valid key: exactly 0 (a select: their o may hold NaN)
     const bool ok = ((qbits >> rows[r]) & 1ull) && l[r] > 0.f;
-    inv[r] = ok ? 1.f / l[r] : 0.f;
+    const float inv = 1.f / l[r];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      o[4 * nt + 2 * r] = ok ? o[4 * nt + 2 * r] * inv : 0.f;
+      o[4 * nt + 2 * r + 1] = ok ? o[4 * nt + 2 * r + 1] * inv : 0.f;
+    }
     lse[r] = ok ? (m[r] + __log2f(l[r])) * kLn2 : -INFINITY;
   }
   const size_t bh = static_cast<size_t>(b) * p.H + h;
@@ -415,8 +444,7 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int col = 8 * nt + 2 * (lane & 3);
-        *reinterpret_cast<float2*>(p.ws_o + (pbase + rows[r]) * D + col) =
-            make_float2(o[4 * nt + 2 * r] * inv[r], o[4 * nt + 2 * r + 1] * inv[r]);
+        *reinterpret_cast<float2*>(p.ws_o + (pbase + rows[r]) * D + col) = make_float2(o[4 * nt + 2 * r], o[4 * nt + 2 * r + 1]);
       }
     }
     if ((lane & 3) == 0) {
@@ -431,8 +459,7 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int col = 8 * nt + 2 * (lane & 3);
-      *reinterpret_cast<uint32_t*>(og + rows[r] * D + col) =
-          pack2<kBF16>(o[4 * nt + 2 * r] * inv[r], o[4 * nt + 2 * r + 1] * inv[r]);
+      *reinterpret_cast<uint32_t*>(og + rows[r] * D + col) = pack2<kBF16>(o[4 * nt + 2 * r], o[4 * nt + 2 * r + 1]);
     }
   }
   if ((lane & 3) == 0) {
@@ -442,12 +469,16 @@ __global__ void __launch_bounds__(FwdSm90Cfg<D>::kThreads, FwdSm90Cfg<D>::kMinBl
 #endif  // BIGBIRD_SM90_DEVICE
 }
 
-// Writes 1 when the code the device loaded for this file is the sm_90a build.
+// Never launched: only its attributes are read. The sm_90a build uses kProbeMarkerWords words of static
+// shared memory, every other build none.
 __global__ void bigbird_sm90_probe_kernel(int* out) {
 #ifdef BIGBIRD_SM90_DEVICE
-  *out = 1;
+  __shared__ int marker[kProbeMarkerWords];
+  marker[threadIdx.x % kProbeMarkerWords] = static_cast<int>(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = marker[(threadIdx.x + 1) % kProbeMarkerWords];
 #else
-  *out = 0;
+  out[threadIdx.x] = 0;
 #endif
 }
 
@@ -474,78 +505,86 @@ EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
-// A (rows, D) row-major 16-bit matrix read in 64 x 64 boxes with the 128-byte swizzle.
-cudaError_t make_tmap(CUtensorMap* map, const void* ptr, uint64_t rows, int D, bool bf16) {
+// A (B, H, S, D) 16-bit tensor with element strides st (D stride 1), read in 64 x 64 boxes (64 tokens of
+// one (b, h), 64 columns) with the 128-byte swizzle.
+cudaError_t make_tmap(CUtensorMap* map, const void* ptr, const FwdParams& p, const Strides& st, bool bf16) {
   EncodeTiledFn fn = encode_tiled_fn();
   if (fn == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(D) * 2};
-  const cuuint32_t box[2] = {64, 64};
-  const cuuint32_t estrides[2] = {1, 1};
-  const CUresult r = fn(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.D), static_cast<cuuint64_t>(p.S), static_cast<cuuint64_t>(p.H),
+                              static_cast<cuuint64_t>(p.B)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(st.s) * 2, static_cast<cuuint64_t>(st.h) * 2,
+                                 static_cast<cuuint64_t>(st.b) * 2};
+  const cuuint32_t box[4] = {64, 64, 1, 1};
+  const cuuint32_t estrides[4] = {1, 1, 1, 1};
+  const CUresult r = fn(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
                         const_cast<void*>(ptr), dims, strides, box, estrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <bool kBF16, int D>
+template <bool kBF16, int D, bool kHasMask>
 cudaError_t launch_fwd_sm90(const FwdParams& p, cudaStream_t stream) {
-  using C = FwdSm90Cfg<D>;
-  const uint64_t rows = static_cast<uint64_t>(p.B) * p.H * p.S;
-  if (rows > 0x7fffffffull) return cudaErrorInvalidValue;  // TMA row coordinates are int32
   CUtensorMap tq, tk, tv;
   cudaError_t err;
-  if ((err = make_tmap(&tq, p.q, rows, D, kBF16)) != cudaSuccess) return err;
-  if ((err = make_tmap(&tk, p.k, rows, D, kBF16)) != cudaSuccess) return err;
-  if ((err = make_tmap(&tv, p.v, rows, D, kBF16)) != cudaSuccess) return err;
-  auto kernel = bigbird_fwd_sm90_kernel<kBF16, D>;
-  const size_t smem = fwd_sm90_smem_bytes<D>(p.lay.num_global, p.sched_cap);
-  if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))) != cudaSuccess)
+  if ((err = make_tmap(&tq, p.q, p, p.sq, kBF16)) != cudaSuccess) return err;
+  if ((err = make_tmap(&tk, p.k, p, p.sk, kBF16)) != cudaSuccess) return err;
+  if ((err = make_tmap(&tv, p.v, p, p.sv, kBF16)) != cudaSuccess) return err;
+  auto kernel = bigbird_fwd_sm90_kernel<kBF16, D, kHasMask>;
+  const FwdPlan plan = plan_fwd(p, true);
+  if (!plan.main.ok()) return cudaErrorInvalidConfiguration;
+  if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.main_smem))) !=
+      cudaSuccess)
     return err;
-  const dim3 grid(num_row_tasks(p.nb, p.lay.num_global, p.num_splits), p.H, p.B);
-  kernel<<<grid, C::kThreads, smem, stream>>>(tq, tk, tv, p);
+  kernel<<<plan.main.dim(), plan.main_threads, plan.main_smem, stream>>>(tq, tk, tv, p);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   return bigbird_fwd_merge(p, stream);
+}
+
+template <bool kBF16, int D>
+cudaError_t launch_fwd_sm90_masked(const FwdParams& p, cudaStream_t stream) {
+  return p.block_bits ? launch_fwd_sm90<kBF16, D, true>(p, stream) : launch_fwd_sm90<kBF16, D, false>(p, stream);
 }
 
 }  // namespace
 
 cudaError_t bigbird_fwd_sm90(const FwdParams& p, cudaStream_t stream) {
   if (p.D != 64 && p.D != 128) return cudaErrorInvalidValue;
-  if (p.is_bf16) return p.D == 64 ? launch_fwd_sm90<true, 64>(p, stream) : launch_fwd_sm90<true, 128>(p, stream);
-  return p.D == 64 ? launch_fwd_sm90<false, 64>(p, stream) : launch_fwd_sm90<false, 128>(p, stream);
+  if (p.is_bf16) return p.D == 64 ? launch_fwd_sm90_masked<true, 64>(p, stream) : launch_fwd_sm90_masked<true, 128>(p, stream);
+  return p.D == 64 ? launch_fwd_sm90_masked<false, 64>(p, stream) : launch_fwd_sm90_masked<false, 128>(p, stream);
 }
 
 int bigbird_fwd_sm90_supported(int device) {
   static std::mutex mu;
-  static int cache[128];
-  static bool init = false;
-  std::lock_guard<std::mutex> lock(mu);
-  if (!init) {
+  static int cache[128];  // -1: not known yet
+  static std::once_flag init;
+  std::call_once(init, [] {
     for (int& c : cache) c = -1;
-    init = true;
-  }
+  });
   if (device < 0 || device >= 128) return 0;
+  std::lock_guard<std::mutex> lock(mu);
   if (cache[device] >= 0) return cache[device];
-  int major = 0, result = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9 &&
-      encode_tiled_fn() != nullptr) {
-    int prev = -1;
-    cudaGetDevice(&prev);
-    cudaSetDevice(device);
-    int* d_flag = nullptr;
-    int h_flag = 0;
-    if (cudaMalloc(&d_flag, sizeof(int)) == cudaSuccess) {
-      bigbird_sm90_probe_kernel<<<1, 1>>>(d_flag);
-      if (cudaGetLastError() == cudaSuccess && cudaMemcpy(&h_flag, d_flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess)
-        result = h_flag;
-      cudaFree(d_flag);
-    }
-    if (prev >= 0) cudaSetDevice(prev);
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;  // not cached: asked again next time
   }
-  (void)cudaGetLastError();  // a failed probe (no kernel image for this device) is an answer, not an error
-  cache[device] = result;
-  return result;
+  if (major != 9 || encode_tiled_fn() == nullptr) return cache[device] = 0;
+  // Which build of this file the device loads: only attributes are read (no allocation, launch or
+  // synchronisation), so this is safe inside CUDA-graph capture.
+  int prev = -1;
+  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+  if (prev != device && cudaSetDevice(device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  cudaFuncAttributes attr;
+  const cudaError_t err = cudaFuncGetAttributes(&attr, bigbird_sm90_probe_kernel);
+  if (prev >= 0 && prev != device) (void)cudaSetDevice(prev);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // e.g. no kernel image for this device: the sm80 path, asked again next time
+    return 0;
+  }
+  return cache[device] = attr.sharedSizeBytes >= sizeof(int) * kProbeMarkerWords ? 1 : 0;
 }
 
 }  // namespace bigbird

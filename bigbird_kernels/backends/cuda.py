@@ -16,9 +16,19 @@ The C++ side defines the ops (schemas in ``csrc/bigbird_attn.cpp``); this module
 (meta) implementations and the autograd formula, so ``torch.compile`` sees one node per call.
 
 Supported: CUDA tensors on compute capability >= 8.0, float16/bfloat16, head dims 64 and 128, block
-size 64, any layout (window, globals, r, duplicates), padding masks. The forward uses the Hopper
-kernel (TMA + wgmma) on sm_90 when the build holds it (``BIGBIRD_CUDA_DISABLE_SM90=1`` forces the
-portable mma.sync kernel); the backward is deterministic in every mode (no atomics).
+size 64, B and H up to 65535 each (B * H * S < 2^31), any layout (window, globals, r, duplicates),
+padding masks. The forward uses the Hopper kernel (TMA + wgmma) on sm_90 when the build holds it
+(``BIGBIRD_CUDA_DISABLE_SM90=1`` forces the portable mma.sync kernel); the backward is deterministic in
+every mode (no atomics).
+
+Inputs are read in place through their strides (the model's ``view(B, S, H, D).transpose(1, 2)``
+included) when the last dimension is contiguous and the data pointer and other strides are 16-byte
+aligned; anything else is copied first (the rule is ``bigbird::readable_in_place`` in
+``csrc/bigbird_attn.h``, applied by the op itself, so it holds under ``torch.compile`` too). Outputs
+and gradients are contiguous ``(B, H, S, D)``. NaN or Inf stored in padded positions never reaches a
+real row, and padded query rows of the output are exactly 0. No call synchronises with the host, so
+calls can be captured in CUDA graphs (warm up once first: the first call per device may build or load
+the extension).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ _BLOCK_SIZES = (64,)
 # largest dynamic shared memory of any kernel per head dim (the backward: 4 + 4 tiles of 64 x D 16-bit
 # values plus statistics and the schedule), rounded up; sm_86 / sm_89 allow only 99 KiB per block
 _SMEM_NEEDED = {64: 70 * 1024, 128: 134 * 1024}
+_MAX_GRID_YZ = 65535  # the kernels put the head on grid y and the batch on grid z
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _JIT_NAME = "bigbird_kernels_cuda_jit"
 
@@ -54,6 +65,11 @@ def _ops_defined() -> bool:
         return True
     except (AttributeError, RuntimeError):
         return False
+
+
+def _op(name: str):
+    """The registered op ``bigbird_kernels_cuda::<name>`` (once the extension is loaded)."""
+    return getattr(getattr(torch.ops, _NS), name)
 
 
 def _static_reason() -> str | None:
@@ -166,7 +182,7 @@ def _register_python_side() -> None:
             )
         if dout is None:
             dout = torch.zeros_like(out)
-        dq, dk, dv = getattr(torch.ops, _NS).bwd(
+        dq, dk, dv = _op("bwd")(
             dout, dlse, q, k, v, out, lse, kv_indices, kv_num_blocks, q_offsets, q_indices, ctx.global_blocks,
             attention_mask, ctx.scale, ctx.block_size, ctx.deterministic,
         )
@@ -220,7 +236,7 @@ def build_info() -> str:
     err = _ensure_loaded(allow_jit=False)
     if err is not None:
         return f"not available: {err}"
-    return getattr(torch.ops, _NS).build_info()
+    return _op("build_info")()
 
 
 class CudaBackend:
@@ -237,6 +253,9 @@ class CudaBackend:
             reasons.append(f"head dim {inputs.head_dim} not supported (64, 128)")
         if inputs.block_size not in _BLOCK_SIZES:
             reasons.append(f"block size {inputs.block_size} not supported (64)")
+        for what, n in (("batch size", inputs.batch), ("head count", inputs.num_heads)):
+            if n > _MAX_GRID_YZ:
+                reasons.append(f"{what} {n} > {_MAX_GRID_YZ} (a CUDA grid limit of the kernels)")
         if on_cuda and torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(inputs.device)
             if (major, minor) < (8, 0):
@@ -262,7 +281,7 @@ class CudaBackend:
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             t = layout.transpose()
             q_offsets, q_indices = t.q_offsets, t.q_indices
-        out, lse = getattr(torch.ops, _NS).fwd(
+        out, lse = _op("fwd")(
             q, k, v, layout.kv_indices, layout.kv_num_blocks, q_offsets, q_indices, list(layout.global_blocks),
             attention_mask, scale, int(layout.block_size), bool(deterministic),
         )
