@@ -198,9 +198,11 @@ def test_wheel_installs_in_a_fresh_venv_and_imports_with_its_version(built, tmp_
     env = {key: val for key, val in os.environ.items() if key != "PYTHONPATH"}
     probe = (
         "import json, pathlib, bigbird, bigbird_kernels\n"
+        "from bigbird_kernels.backends import cuda\n"
         "pkg = pathlib.Path(bigbird_kernels.__file__).parent\n"
         "print(json.dumps({'kernels': bigbird_kernels.__version__, 'model': bigbird.__version__,\n"
-        "                  'file': str(pkg), 'csrc': sorted(p.name for p in (pkg / 'csrc').iterdir())}))\n"
+        "                  'file': str(pkg), 'csrc': sorted(p.name for p in (pkg / 'csrc').iterdir()),\n"
+        "                  'jit_sources': str(cuda._CSRC)}))\n"
     )
     run = subprocess.run([str(venv_python), "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=300)
@@ -210,6 +212,7 @@ def test_wheel_installs_in_a_fresh_venv_and_imports_with_its_version(built, tmp_
     assert got["kernels"] == got["model"] == version
     assert Path(got["file"]).is_relative_to(venv), f"imported {got['file']}, not the installed wheel"
     assert got["csrc"] == sorted(Path(name).name for name in built[0] if name.startswith("csrc/"))
+    assert Path(got["jit_sources"]) == Path(got["file"]) / "csrc", "the CUDA JIT build must find the shipped csrc/"
     cli = subprocess.run([str(venv / "bin" / "bigbird"), "--version"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=300)
     assert cli.returncode == 0, cli.stderr

@@ -52,7 +52,11 @@ _BLOCK_SIZES = (64,)
 # values plus statistics and the schedule), rounded up; sm_86 / sm_89 allow only 99 KiB per block
 _SMEM_NEEDED = {64: 70 * 1024, 128: 134 * 1024}
 _MAX_GRID_YZ = 65535  # the kernels put the head on grid y and the batch on grid z
-_CSRC = Path(__file__).resolve().parents[2] / "csrc"
+# CUDA sources for the JIT build: shipped inside the package by wheels and sdists
+# (site-packages/bigbird_kernels/csrc), else the repository's csrc/ (source checkout, editable install)
+_PKG_CSRC = Path(__file__).resolve().parents[1] / "csrc"
+_REPO_CSRC = Path(__file__).resolve().parents[2] / "csrc"
+_CSRC = next((d for d in (_PKG_CSRC, _REPO_CSRC) if any(d.glob("*.cu"))), _PKG_CSRC)
 _JIT_NAME = "bigbird_kernels_cuda_jit"
 
 _lock = threading.RLock()
