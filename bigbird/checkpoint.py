@@ -39,6 +39,7 @@ __all__ = [
     "load_pretrained",
     "save_pretrained",
     "resolve_checkpoint_dir",
+    "resolve_hub_files",
     "looks_like_local_path",
     "read_state_dict",
     "WEIGHTS_NAMES",
@@ -128,9 +129,10 @@ def resolve_checkpoint_dir(name_or_path, *, local_files_only=None, revision=None
                       config_only=config_only)
 
 
-def _download(repo_id: str, *, local_files_only, revision, cache_dir, config_only) -> Path:
+def _hub_fetcher(repo_id: str, *, local_files_only, revision, cache_dir):
+    """``(fetch, where)``: ``fetch(filename)`` downloads one file of ``repo_id`` into the hub cache (or
+    finds it there offline) and returns its path; ``where`` describes the repo for error messages."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     if local_files_only is None:
         local_files_only = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
@@ -139,11 +141,18 @@ def _download(repo_id: str, *, local_files_only, revision, cache_dir, config_onl
         ", offline)" if local_files_only else ")")
 
     def fetch(filename):
-        return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                               local_files_only=local_files_only, library_name="bigbird-kernels")
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only, library_name="bigbird-kernels"))
 
+    return fetch, where
+
+
+def _download(repo_id: str, *, local_files_only, revision, cache_dir, config_only) -> Path:
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    fetch, where = _hub_fetcher(repo_id, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir)
     try:
-        cfg = Path(fetch(CONFIG_NAME))
+        cfg = fetch(CONFIG_NAME)
     except (EntryNotFoundError, FileNotFoundError) as e:
         raise FileNotFoundError(f"{CONFIG_NAME} not found for {where}: {type(e).__name__}: {e}") from None
     except (HfHubHTTPError, OSError, ValueError) as e:  # repo/revision not found, no network, ...
@@ -154,7 +163,7 @@ def _download(repo_id: str, *, local_files_only, revision, cache_dir, config_onl
     errors = []
     for w in WEIGHTS_NAMES:
         try:
-            p = Path(fetch(w))
+            p = fetch(w)
         except (EntryNotFoundError, FileNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
             errors.append(f"{w}: {type(e).__name__}")
             continue
@@ -163,6 +172,29 @@ def _download(repo_id: str, *, local_files_only, revision, cache_dir, config_onl
                 fetch(shard)
         return p.parent
     raise FileNotFoundError(f"no weights found for {where}: looked for {', '.join(WEIGHTS_NAMES)} ({'; '.join(errors)})")
+
+
+def resolve_hub_files(repo_id: str, required: tuple[str, ...], optional: tuple[str, ...] = (), *,
+                      local_files_only=None, revision=None, cache_dir=None) -> Path:
+    """The hub-cache snapshot folder of ``repo_id`` holding at least one of ``required`` (and whichever
+    of ``optional`` the repo has), fetched as :func:`resolve_checkpoint_dir` fetches checkpoints.
+
+    Raises:
+        FileNotFoundError: none of ``required`` can be fetched (or found in the cache offline); names
+            the hub repo and every file looked for.
+    """
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    fetch, where = _hub_fetcher(repo_id, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir)
+    found, errors = {}, []
+    for name in (*required, *optional):
+        try:
+            found[name] = fetch(name)
+        except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:  # absent, not cached offline, ...
+            errors.append(f"{name}: {type(e).__name__}")
+    if not any(name in found for name in required):
+        raise FileNotFoundError(f"no {' or '.join(required)} found for {where} ({'; '.join(errors)})")
+    return next(iter(found.values())).parent
 
 
 # --------------------------------------------------------------------------------------------------

@@ -262,7 +262,8 @@ class BigBirdTokenizer:
     # -- loading and saving ---------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **special_tokens: str) -> "BigBirdTokenizer":
+    def from_pretrained(cls, path: str | os.PathLike, *, revision: str | None = None, cache_dir=None,
+                        local_files_only: bool | None = None, **special_tokens: str) -> "BigBirdTokenizer":
         """Load from a folder or from a single file.
 
         * a folder holding ``tokenizer.json`` (loaded with the ``tokenizers`` library; preferred when
@@ -271,15 +272,27 @@ class BigBirdTokenizer:
           optional ``tokenizer_config.json`` there supplies the special token names;
         * a path to a ``.model`` SentencePiece file or a ``.json`` tokenizers file.
 
+        * a Hugging Face hub id (``google/bigbird-roberta-base``), resolved through the hub cache exactly
+          as the models resolve it (``HF_HUB_CACHE`` / ``HF_HOME``, offline with ``HF_HUB_OFFLINE=1``
+          or ``local_files_only=True``; ``revision``, ``cache_dir``). A name that looks like a local
+          path (:func:`bigbird.checkpoint.looks_like_local_path`) is never looked up on the hub.
+
         A leading ``~`` is expanded. Keyword arguments (``cls_token="[CLS]"``, ...) override the
-        special token names. The tokenizer is never looked up on the Hugging Face hub.
+        special token names.
 
         Raises:
-            FileNotFoundError: the path does not exist (names it), or a folder holds no tokenizer file.
+            FileNotFoundError: the path does not exist (names it), a folder holds no tokenizer file, or
+                the hub repo has no tokenizer file (or none is cached offline).
             ValueError: a file of another kind, a corrupt file, or special tokens not in the vocab.
         """
         given = os.fspath(path)
         path = Path(os.path.expanduser(given))
+        if not path.exists():
+            from .checkpoint import looks_like_local_path, resolve_hub_files
+
+            if not looks_like_local_path(given):
+                path = resolve_hub_files(given, (TOKENIZER_FILE, SPIECE_FILE), (CONFIG_FILE,), revision=revision,
+                                         cache_dir=cache_dir, local_files_only=local_files_only)
         names: dict[str, str] = {}
         spiece_file: Path | None = None
         tokenizer_file: Path | None = None

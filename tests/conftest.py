@@ -3,17 +3,12 @@ kernels run on CPU tensors (compile checks for real GPU targets run in subproces
 kernels run compiled and the GPU tests run; BIGBIRD_TEST_INTERPRET=1/0 forces either way."""
 
 import os
-from pathlib import Path
-
 import pytest
 import torch  # importing torch does not import triton
 
 _interpret = os.environ.get("BIGBIRD_TEST_INTERPRET", "0" if torch.cuda.is_available() else "1")
 if _interpret == "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-VOCAB = SHARED / "bigbird_vocab" / "gpt2.model"
 
 
 def pytest_collection_modifyitems(config, items):

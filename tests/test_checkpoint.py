@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from resources import fill_hub_cache
 from test_model_utils import HEADS, assert_close, hf_and_ours, hf_model, make_batch, tiny_kwargs, transformers
 
 import bigbird
@@ -233,26 +233,10 @@ def test_missing_and_corrupt_files(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _fill_hub_cache(cache, repo_id, src_folder, commit="0123456789abcdef0123456789abcdef01234567"):
-    """models--{org}--{name}/{refs/main, blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha>}."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    (repo / "blobs").mkdir()
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for f in os.listdir(src_folder):
-        data = (src_folder / f).read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        (repo / "blobs" / sha).write_bytes(data)
-        os.symlink(os.path.join("..", "..", "blobs", sha), snap / f)
-    return commit
-
-
 def test_hub_id_offline_from_hf_home(tmp_path, monkeypatch):
     hf, _ = hf_and_ours("BigBirdForMaskedLM", tmp_path)
     home = tmp_path / "hf_home"
-    commit = _fill_hub_cache(home / "hub", "someorg/tiny-bigbird", tmp_path / "hf_BigBirdForMaskedLM")
+    commit = fill_hub_cache(home / "hub", "someorg/tiny-bigbird", tmp_path / "hf_BigBirdForMaskedLM")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -272,7 +256,7 @@ def test_hub_id_offline_from_hf_home(tmp_path, monkeypatch):
 def test_hub_id_offline_with_cache_dir(tmp_path, monkeypatch):
     hf = hf_model("BigBirdModel")
     hf.save_pretrained(tmp_path / "src")
-    _fill_hub_cache(tmp_path / "cache", "org/base", tmp_path / "src")
+    fill_hub_cache(tmp_path / "cache", "org/base", tmp_path / "src")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "elsewhere"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     m = bigbird.BigBirdModel.from_pretrained("org/base", cache_dir=tmp_path / "cache", local_files_only=True)

@@ -4,7 +4,7 @@ Two vocabularies:
 
 * a tiny SentencePiece unigram model trained here, with BigBird's id layout (<pad> 0, </s> 1, <s> 2,
   [CLS] 65, [SEP] 66, [MASK] 67, <unk> 100), for the plumbing;
-* the real google/bigbird-roberta-base vocab (``shared/bigbird_vocab/gpt2.model`` beside the repo),
+* the real google/bigbird-roberta-base vocab (``BIGBIRD_VOCAB``, else ``shared/bigbird_vocab/gpt2.model`` beside the repo),
   skipped when absent.
 
 The oracle is transformers' BigBirdTokenizer loaded with ``AutoTokenizer.from_pretrained`` on a folder
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from resources import REAL_VOCAB, REAL_VOCAB_MISSING, fill_hub_cache
+
 from bigbird.tokenizer import BigBirdTokenizer, BatchEncoding, _spiece_piece_types
 
-REAL_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bigbird_vocab" / "gpt2.model"
 
 # BigBird's special token layout (google/bigbird-roberta-base), reproduced by the tiny model.
 PAD, BOS, EOS, CLS, SEP, MASK, UNK = 0, 1, 2, 65, 66, 67, 100
@@ -127,7 +128,7 @@ def _auto_tokenizer(folder: Path):
 @pytest.fixture(scope="module")
 def real_model_file() -> Path:
     if not REAL_VOCAB.is_file():
-        pytest.skip(f"real BigBird vocab not found at {REAL_VOCAB}")
+        pytest.skip(REAL_VOCAB_MISSING)
     pytest.importorskip("sentencepiece")
     return REAL_VOCAB
 
@@ -513,6 +514,24 @@ def test_load_routes_agree(tiny, tiny_model, tiny_words, tmp_path):
     backend.save(str(tmp_path / "tokenizer.json"))
     loaded = BigBirdTokenizer.from_pretrained(tmp_path / "tokenizer.json")
     assert loaded(texts[-1]) == tiny(texts[-1]) and len(loaded(texts[-1])["input_ids"]) > 50
+
+
+def test_hub_id_resolves_through_the_hub_cache_like_the_models(tiny, tiny_model, tiny_words, tmp_path, monkeypatch):
+    saved = tmp_path / "saved"
+    tiny.save_pretrained(saved)
+    shutil.copyfile(tiny_model / "spiece.model", saved / "spiece.model")
+    commit = fill_hub_cache(tmp_path / "hub", "someorg/tiny-bigbird", saved)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    text = _texts(tiny_words, random.Random(5))[0]
+    for kw in ({}, {"revision": commit}, {"revision": "main"}):
+        assert BigBirdTokenizer.from_pretrained("someorg/tiny-bigbird", **kw)(text) == tiny(text), kw
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "elsewhere"))
+    loaded = BigBirdTokenizer.from_pretrained("someorg/tiny-bigbird", cache_dir=tmp_path / "hub", local_files_only=True)
+    assert loaded(text) == tiny(text)
+    with pytest.raises(FileNotFoundError, match="someorg/not-there.*offline"):
+        BigBirdTokenizer.from_pretrained("someorg/not-there")
 
 
 def test_from_pretrained_errors(tiny_model, tmp_path):
