@@ -125,6 +125,8 @@ def _validate(q, k, v, layout, attention_mask, backend):
         raise ValueError(f"q, k, v must be on the same device, got {q.device}, {k.device}, {v.device}")
     if not isinstance(layout, BigBirdLayout):
         raise TypeError(f"layout must be a BigBirdLayout, got {type(layout).__name__}")
+    if not torch.compiler.is_compiling():  # graph inputs: their versions are not traced
+        layout.check_unmodified()
     B, H, S, D = q.shape
     if D == 0:
         raise ValueError("head dim D must be positive")
