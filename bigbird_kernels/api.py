@@ -37,7 +37,8 @@ def block_sparse_attention(
         q, k, v: ``(B, H, S, D)``, same shape, dtype (float32, float16, bfloat16; float64 on the
             reference backend) and device; any strides. ``S`` must equal ``layout.seq_len`` (a
             multiple of ``layout.block_size``) and ``H`` must equal ``layout.num_heads``.
-        layout: a :class:`~bigbird_kernels.layout.BigBirdLayout` on the same device as ``q``.
+        layout: a :class:`~bigbird_kernels.layout.BigBirdLayout` on the same device as ``q``, not
+            written in place since it was built (layouts are read-only).
         attention_mask: ``(B, S)`` bool, or integers 0/1, **True/1 = real token** (Hugging Face's
             convention; the opposite of ``nn.MultiheadAttention``'s ``key_padding_mask``). Padded
             keys get no weight; output rows of padded queries are exactly 0. None = no padding.
@@ -56,7 +57,8 @@ def block_sparse_attention(
         ``out (B, H, S, D)`` in the input dtype, or ``(out, lse)`` with ``return_lse``.
 
     Raises:
-        TypeError / ValueError on malformed inputs, naming the problem;
+        TypeError / ValueError on malformed inputs, naming the problem (a ``scale`` that is not a
+        finite positive number, a layout whose tensors were modified in place, ...);
         :class:`~bigbird_kernels.dispatch.BackendNotSupportedError` when no (or not the named)
         backend can run them, listing each backend's reason.
     """

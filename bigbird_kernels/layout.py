@@ -85,6 +85,9 @@ class TransposedLayout:
 class BigBirdLayout:
     """Which key blocks each query block reads, per head.
 
+    Read-only: the op refuses a layout whose tensors were written in place after it was built
+    (:meth:`check_unmodified`); edit copies of the random blocks and call :func:`make_layout` instead.
+
     Attributes:
         block_size: tokens per block.
         num_blocks: ``S // block_size``.
@@ -208,13 +211,20 @@ _LAYOUT_TENSORS = ("random_blocks", "kv_indices", "kv_num_blocks", "is_global", 
 _TRANSPOSED_TENSORS = ("q_offsets", "q_indices")
 
 
-def _versions_of(obj, names) -> tuple[int, ...]:
-    """Version counters (bumped by every in-place write, through any view) of ``obj``'s tensors."""
-    return tuple(getattr(obj, n)._version for n in names)
+def _versions_of(obj, names) -> tuple[tuple[torch.Tensor, int | None], ...]:
+    """``obj``'s tensors with their version counters (bumped by every in-place write, through any view).
+
+    Tensors made under ``torch.inference_mode`` have no counter (None): outside inference mode torch
+    itself refuses writes into them. Layouts made inside a ``torch.compile`` d graph live only there
+    and record nothing.
+    """
+    if torch.compiler.is_compiling():
+        return ()
+    return tuple((t, None if t.is_inference() else t._version) for t in (getattr(obj, n) for n in names))
 
 
 def _modified(obj, names) -> list[str]:
-    return [n for n, v in zip(names, obj._versions) if getattr(obj, n)._version != v]
+    return [n for n, (t, v) in zip(names, obj._versions) if v is not None and t._version != v]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,7 +239,9 @@ def check_int(name: str, value, *, minimum: int | None = None) -> int:
     and anything else raise TypeError naming ``name``; a value below ``minimum`` raises ValueError.
     """
     out = None
-    if not isinstance(value, (bool, np.bool_)) and not (
+    if type(value) is int:  # the common case first (the builders run on every model forward)
+        out = value
+    elif not isinstance(value, (bool, np.bool_)) and not (
         isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool)
     ):
         try:
@@ -254,6 +266,8 @@ def check_window(window) -> int:
 
 def global_block_ids(global_blocks) -> tuple[int, ...]:
     """``global_blocks`` as a tuple of Python ints (negative ids allowed), refusing non-integers."""
+    if type(global_blocks) is tuple and all(type(g) is int for g in global_blocks):
+        return global_blocks  # the common case first
     if isinstance(global_blocks, (str, bytes)) or (isinstance(global_blocks, torch.Tensor) and global_blocks.dim() != 1):
         items = None
     else:
@@ -264,7 +278,7 @@ def global_block_ids(global_blocks) -> tuple[int, ...]:
     if items is None:
         raise TypeError(f"global_blocks must be a sequence of integer block ids, got {type(global_blocks).__name__}: "
                         f"{global_blocks!r}")
-    return tuple(check_int(f"global_blocks[{i}]", g) for i, g in enumerate(items))
+    return tuple(g if type(g) is int else check_int(f"global_blocks[{i}]", g) for i, g in enumerate(items))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,8 +552,7 @@ def hf_random_blocks(
     ``max_position_embeddings`` and truncated) or the plan tables (any other length).
     """
     seq_len, block_size, r, num_heads = _check_sizes(seq_len, block_size, num_random_blocks, num_heads)
-    layer_idx = check_int("layer_idx", layer_idx, minimum=0)
-    max_position_embeddings = check_int("max_position_embeddings", max_position_embeddings, minimum=1)
+    layer_idx, max_position_embeddings = _check_hf_args(layer_idx, max_position_embeddings)
     nb = seq_len // block_size
     if nb < 3:
         raise LayoutTooShortError(f"Hugging Face's random layout needs at least 3 blocks, got {nb}")
@@ -581,6 +594,12 @@ def _check_sizes(seq_len, block_size, num_random_blocks, num_heads) -> tuple[int
         raise ValueError(f"sequence length {seq_len} must be a positive multiple of block_size {block_size}")
     r = check_int("num_random_blocks", num_random_blocks, minimum=0)
     return seq_len, block_size, r, check_int("num_heads", num_heads, minimum=1)
+
+
+def _check_hf_args(layer_idx, max_position_embeddings) -> tuple[int, int]:
+    """Hugging Face's generator arguments as Python ints (TypeError / ValueError naming a bad one)."""
+    return (check_int("layer_idx", layer_idx, minimum=0),
+            check_int("max_position_embeddings", max_position_embeddings, minimum=1))
 
 
 def _hf_based_layout(mode, *, layer_idx, seq_len, block_size, num_random_blocks, num_heads,
@@ -667,8 +686,7 @@ def hf_layout(
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     seq_len, block_size, r, num_heads = _check_sizes(seq_len, block_size, num_random_blocks, num_heads)
-    layer_idx = check_int("layer_idx", layer_idx, minimum=0)
-    max_position_embeddings = check_int("max_position_embeddings", max_position_embeddings, minimum=1)
+    layer_idx, max_position_embeddings = _check_hf_args(layer_idx, max_position_embeddings)
     gb = normalize_global_blocks(seq_len // block_size, global_blocks)
     return _cached_hf(
         "hf",
@@ -700,8 +718,7 @@ def seeded_layout(
     """HF's training-mode layout, used in training and eval alike (Google's original implementation)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     seq_len, block_size, r, num_heads = _check_sizes(seq_len, block_size, num_random_blocks, num_heads)
-    layer_idx = check_int("layer_idx", layer_idx, minimum=0)
-    max_position_embeddings = check_int("max_position_embeddings", max_position_embeddings, minimum=1)
+    layer_idx, max_position_embeddings = _check_hf_args(layer_idx, max_position_embeddings)
     gb = normalize_global_blocks(seq_len // block_size, global_blocks)
     return _cached_hf(
         "seeded", layer_idx, seq_len, block_size, r, num_heads, max_position_embeddings,

@@ -154,6 +154,7 @@ def _mark_compile_constants() -> None:
         _compile_marks_done = True
 
 
+@_layout_mod._outside_inference_mode  # kept on the module: later training calls must be able to use it
 def _build_layout(kind, *, layer_idx, seq_len, block_size, num_random_blocks, num_heads, max_position_embeddings,
                   training, window, global_blocks, device) -> BigBirdLayout:
     nb = seq_len // block_size

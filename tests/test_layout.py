@@ -388,3 +388,15 @@ def test_a_write_into_the_cached_transposed_structure_is_undone():
     fresh = layout.transpose()
     assert fresh is not t and layout.transpose() is fresh
     assert torch.equal(fresh.q_offsets, want[0]) and torch.equal(fresh.q_indices, want[1])
+
+
+def test_layouts_made_under_inference_mode_work_and_refuse_writes_outside_it():
+    from bigbird_kernels import block_sparse_attention
+
+    q = torch.randn(1, 2, 16 * 9, 8)
+    with torch.inference_mode():
+        layout = resample_layout(seq_len=16 * 9, block_size=16, num_random_blocks=1, num_heads=2)
+        out = block_sparse_attention(q, q, q, layout)
+    assert torch.isfinite(out).all() and not layout.modified_tensors()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        layout.kv_indices[0, 1, 0] = 5  # torch refuses writes into inference tensors outside inference mode

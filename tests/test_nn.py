@@ -262,3 +262,15 @@ def test_module_replaces_a_layout_a_caller_wrote_into():
     m.get_layout(192).kv_indices.zero_()  # the shared, cached layout
     torch.testing.assert_close(m(x), want, atol=0, rtol=0)
     assert not m.get_layout(192).modified_tensors()
+
+
+@pytest.mark.parametrize("S", [20, 190])  # full attention (fewer than 3 blocks) and a sparse layout
+def test_layouts_first_built_under_inference_mode_serve_training_later(S):
+    m = BlockSparseSelfAttention(32, 2, block_size=16, num_random_blocks=1, layout_mode="seeded").eval()
+    x = torch.randn(1, S, 32, requires_grad=True)
+    with torch.inference_mode():
+        want = m(x.detach())
+    out = m(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
+    assert torch.isfinite(x.grad).all()
