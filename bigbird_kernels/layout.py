@@ -268,7 +268,9 @@ def global_block_ids(global_blocks) -> tuple[int, ...]:
     """``global_blocks`` as a tuple of Python ints (negative ids allowed), refusing non-integers."""
     if type(global_blocks) is tuple and all(type(g) is int for g in global_blocks):
         return global_blocks  # the common case first
-    if isinstance(global_blocks, (str, bytes)) or (isinstance(global_blocks, torch.Tensor) and global_blocks.dim() != 1):
+    if isinstance(global_blocks, (str, bytes)) or (
+        isinstance(global_blocks, torch.Tensor) and global_blocks.dim() != 1
+    ):
         items = None
     else:
         try:

@@ -237,10 +237,12 @@ def test_module_refuses_bad_arguments_by_name(arg, value, exc, match):
 
 
 def test_module_accepts_numpy_and_torch_integers():
-    m = BlockSparseSelfAttention(np.int64(32), torch.tensor(2), block_size=np.int32(16), num_random_blocks=torch.tensor(1),
-                                 window=np.int64(3), global_blocks=torch.tensor([0, -1]), layer_idx=np.int64(1),
-                                 scale=np.float32(0.25))
-    assert (m.hidden_size, m.num_heads, m.block_size, m.window, m.global_blocks, m.scale) == (32, 2, 16, 3, (0, -1), 0.25)
+    m = BlockSparseSelfAttention(np.int64(32), torch.tensor(2), block_size=np.int32(16),
+                                 num_random_blocks=torch.tensor(1), window=np.int64(3),
+                                 global_blocks=torch.tensor([0, -1]), layer_idx=np.int64(1), scale=np.float32(0.25))
+    got = (m.hidden_size, m.num_heads, m.block_size, m.window, m.global_blocks, m.scale)
+    assert got == (32, 2, 16, 3, (0, -1), 0.25)
+    assert all(type(x) is int for x in got[:4] + got[4])
     assert m(torch.randn(1, 70, 32)).shape == (1, 70, 32)
 
 
