@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .dispatch import BACKEND_NAMES, AttentionInputs, select_backend
@@ -34,11 +37,13 @@ def block_sparse_attention(
         q, k, v: ``(B, H, S, D)``, same shape, dtype (float32, float16, bfloat16; float64 on the
             reference backend) and device; any strides. ``S`` must equal ``layout.seq_len`` (a
             multiple of ``layout.block_size``) and ``H`` must equal ``layout.num_heads``.
-        layout: a :class:`~bigbird_kernels.layout.BigBirdLayout` on the same device as ``q``.
+        layout: a :class:`~bigbird_kernels.layout.BigBirdLayout` on the same device as ``q``, not
+            written in place since it was built (layouts are read-only).
         attention_mask: ``(B, S)`` bool, or integers 0/1, **True/1 = real token** (Hugging Face's
             convention; the opposite of ``nn.MultiheadAttention``'s ``key_padding_mask``). Padded
             keys get no weight; output rows of padded queries are exactly 0. None = no padding.
-        scale: multiplies ``q @ k^T``; default ``1 / sqrt(D)``.
+        scale: multiplies ``q @ k^T``: a finite positive real number (Python or NumPy), default
+            ``1 / sqrt(D)``.
         backend: ``"auto"`` (cuda, then triton, then reference: the first that accepts the inputs;
             the environment variable ``BIGBIRD_BACKEND`` replaces ``auto``) or a name from
             ``cuda, triton, reference, sdpa, flex``. A named backend never falls back.
@@ -52,7 +57,8 @@ def block_sparse_attention(
         ``out (B, H, S, D)`` in the input dtype, or ``(out, lse)`` with ``return_lse``.
 
     Raises:
-        TypeError / ValueError on malformed inputs, naming the problem;
+        TypeError / ValueError on malformed inputs, naming the problem (a ``scale`` that is not a
+        finite positive number, a layout whose tensors were modified in place, ...);
         :class:`~bigbird_kernels.dispatch.BackendNotSupportedError` when no (or not the named)
         backend can run them, listing each backend's reason.
     """
@@ -64,7 +70,8 @@ def block_sparse_attention(
         with torch.autocast(q.device.type, enabled=False):
             return block_sparse_attention(q, k, v, layout, attention_mask=attention_mask, scale=scale,
                                           backend=backend, return_lse=return_lse, deterministic=deterministic)
-    attention_mask = _validate(q, k, v, layout, attention_mask, scale, backend)
+    attention_mask = _validate(q, k, v, layout, attention_mask, backend)
+    scale = check_scale(scale)
     B, H, S, D = q.shape
     if B == 0:
         out = q.new_empty(B, H, S, D)
@@ -87,7 +94,23 @@ def block_sparse_attention(
     return (out, lse) if return_lse else out
 
 
-def _validate(q, k, v, layout, attention_mask, scale, backend):
+def check_scale(scale) -> float | None:
+    """``scale`` as a Python float (None stays None).
+
+    Raises TypeError for anything but a real number (bools, tensors, strings), ValueError for NaN,
+    Inf, 0 and negative numbers, naming ``scale``.
+    """
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a finite positive number or None, got {type(scale).__name__}: {scale!r}")
+    value = float(scale)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+    return value
+
+
+def _validate(q, k, v, layout, attention_mask, backend):
     """Check everything the kernel contract promises; return the mask as bool (or None)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -104,6 +127,8 @@ def _validate(q, k, v, layout, attention_mask, scale, backend):
         raise ValueError(f"q, k, v must be on the same device, got {q.device}, {k.device}, {v.device}")
     if not isinstance(layout, BigBirdLayout):
         raise TypeError(f"layout must be a BigBirdLayout, got {type(layout).__name__}")
+    if not torch.compiler.is_compiling():  # graph inputs: their versions are not traced
+        layout.check_unmodified()
     B, H, S, D = q.shape
     if D == 0:
         raise ValueError("head dim D must be positive")
@@ -121,8 +146,6 @@ def _validate(q, k, v, layout, attention_mask, scale, backend):
         raise ValueError(f"layout was built for {layout.num_heads} heads, but the inputs have H={H}")
     if layout.device != q.device:
         raise ValueError(f"layout is on {layout.device} but the inputs are on {q.device}: use layout.to(device)")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
     if not isinstance(backend, str) or (backend != "auto" and backend not in BACKEND_NAMES):
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {', '.join(BACKEND_NAMES)}")
     if attention_mask is None:

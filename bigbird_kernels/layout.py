@@ -22,11 +22,20 @@ Builders (all return layouts on the requested device, cached where the mode allo
 * :func:`seeded_layout` - HF's training layout used in eval as well (Google's original behaviour).
 * :func:`resample_layout` - fresh random blocks drawn on the device from a ``torch.Generator``.
 * :func:`make_layout` - any random blocks ``(H, num_blocks, r)`` the caller supplies.
+
+Layouts are read-only: cached ones are shared by every caller with the same arguments. Torch has no
+read-only tensors, so a layout records its tensors' version counters when it is built; the op refuses
+a layout whose tensors were since written in place (``layout.kv_indices[...] = ...``, ``add_``, ...),
+and the builders replace such a cached layout with a freshly built one. Writes that bypass torch's
+version counter (through ``.numpy()``, ``.data`` or DLPack) are not seen.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,11 +71,22 @@ class TransposedLayout:
 
     q_offsets: torch.Tensor
     q_indices: torch.Tensor
+    _versions: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_versions", _versions_of(self, _TRANSPOSED_TENSORS))
+
+    def modified_tensors(self) -> list[str]:
+        """Names of the tensors written in place since this structure was built (empty: intact)."""
+        return _modified(self, _TRANSPOSED_TENSORS)
 
 
 @dataclass(frozen=True, eq=False)
 class BigBirdLayout:
     """Which key blocks each query block reads, per head.
+
+    Read-only: the op refuses a layout whose tensors were written in place after it was built
+    (:meth:`check_unmodified`); edit copies of the random blocks and call :func:`make_layout` instead.
 
     Attributes:
         block_size: tokens per block.
@@ -100,6 +120,24 @@ class BigBirdLayout:
     global_rows: torch.Tensor
     other_rows: torch.Tensor
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _versions: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_versions", _versions_of(self, _LAYOUT_TENSORS))
+
+    def modified_tensors(self) -> list[str]:
+        """Names of this layout's tensors written in place since it was built (empty: intact)."""
+        return _modified(self, _LAYOUT_TENSORS)
+
+    def check_unmodified(self) -> None:
+        """Raise ValueError when a tensor of this layout was written in place after it was built."""
+        modified = self.modified_tensors()
+        if modified:
+            raise ValueError(
+                f"layout tensors {', '.join(modified)} were modified in place after the layout was built; "
+                "layouts are read-only (builders share cached ones between callers): get a fresh one from its "
+                "builder, or pass edited copies of the random blocks to make_layout"
+            )
 
     @property
     def seq_len(self) -> int:
@@ -127,6 +165,7 @@ class BigBirdLayout:
         device = torch.device(device)
         if device == self.device:
             return self
+        self.check_unmodified()
         return BigBirdLayout(
             block_size=self.block_size,
             num_blocks=self.num_blocks,
@@ -159,11 +198,89 @@ class BigBirdLayout:
         return torch.log(self.to_dense().to(dtype)).repeat_interleave(bs, 1).repeat_interleave(bs, 2)
 
     def transpose(self) -> TransposedLayout:
-        """The transposed structure used by backward kernels; built on the device once and cached."""
-        if "transposed" not in self._cache:
+        """The transposed structure used by backward kernels; built on the device once and cached
+        (rebuilt if a caller wrote into the cached one)."""
+        t = self._cache.get("transposed")
+        if t is None or t.modified_tensors():
             with torch.inference_mode(False):
-                self._cache["transposed"] = _transpose(self)
-        return self._cache["transposed"]
+                t = self._cache["transposed"] = _transpose(self)
+        return t
+
+
+_LAYOUT_TENSORS = ("random_blocks", "kv_indices", "kv_num_blocks", "is_global", "global_rows", "other_rows")
+_TRANSPOSED_TENSORS = ("q_offsets", "q_indices")
+
+
+def _versions_of(obj, names) -> tuple[tuple[torch.Tensor, int | None], ...]:
+    """``obj``'s tensors with their version counters (bumped by every in-place write, through any view).
+
+    Tensors made under ``torch.inference_mode`` have no counter (None): outside inference mode torch
+    itself refuses writes into them. Layouts made inside a ``torch.compile`` d graph live only there
+    and record nothing.
+    """
+    if torch.compiler.is_compiling():
+        return ()
+    return tuple((t, None if t.is_inference() else t._version) for t in (getattr(obj, n) for n in names))
+
+
+def _modified(obj, names) -> list[str]:
+    return [n for n, (t, v) in zip(names, obj._versions) if v is not None and t._version != v]
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------------
+
+
+def check_int(name: str, value, *, minimum: int | None = None) -> int:
+    """``value`` as a Python int.
+
+    Python ints and NumPy / 0-dim torch integer scalars pass; bools, floats (even ``3.0``), strings
+    and anything else raise TypeError naming ``name``; a value below ``minimum`` raises ValueError.
+    """
+    out = None
+    if type(value) is int:  # the common case first (the builders run on every model forward)
+        out = value
+    elif not isinstance(value, (bool, np.bool_)) and not (
+        isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool)
+    ):
+        try:
+            out = operator.index(value)
+        except TypeError:
+            pass
+    if out is None:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}: {value!r}")
+    if minimum is not None and out < minimum:
+        bound = {0: "non-negative", 1: "positive"}.get(minimum, f">= {minimum}")
+        raise ValueError(f"{name} must be {bound}, got {out}")
+    return out
+
+
+def check_window(window) -> int:
+    """The sliding-window width as a Python int: odd and >= 1."""
+    window = check_int("window", window)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd number of blocks >= 1, got {window}")
+    return window
+
+
+def global_block_ids(global_blocks) -> tuple[int, ...]:
+    """``global_blocks`` as a tuple of Python ints (negative ids allowed), refusing non-integers."""
+    if type(global_blocks) is tuple and all(type(g) is int for g in global_blocks):
+        return global_blocks  # the common case first
+    if isinstance(global_blocks, (str, bytes)) or (
+        isinstance(global_blocks, torch.Tensor) and global_blocks.dim() != 1
+    ):
+        items = None
+    else:
+        try:
+            items = list(global_blocks)
+        except TypeError:
+            items = None
+    if items is None:
+        raise TypeError(f"global_blocks must be a sequence of integer block ids, got {type(global_blocks).__name__}: "
+                        f"{global_blocks!r}")
+    return tuple(g if type(g) is int else check_int(f"global_blocks[{i}]", g) for i, g in enumerate(items))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,8 +303,7 @@ class _Structure:
 def normalize_global_blocks(num_blocks: int, global_blocks) -> tuple[int, ...]:
     """Global block ids as an ascending tuple; negative ids count from the end."""
     out = set()
-    for g in global_blocks:
-        g = int(g)
+    for g in global_block_ids(global_blocks):
         gg = g + num_blocks if g < 0 else g
         if not 0 <= gg < num_blocks:
             raise ValueError(f"global block {g} is out of range for {num_blocks} blocks")
@@ -258,14 +374,14 @@ def make_layout(
         window: sliding-window width in blocks, odd and >= 1.
         global_blocks: block ids global as query rows and key columns (negative ids from the end).
     """
+    if not isinstance(random_blocks, torch.Tensor):
+        raise TypeError(f"random_blocks must be a torch.Tensor (H, num_blocks, r), got {type(random_blocks).__name__}")
     if random_blocks.dim() != 3:
         raise ValueError(f"random_blocks must be (H, num_blocks, r), got shape {tuple(random_blocks.shape)}")
     if random_blocks.dtype.is_floating_point or random_blocks.dtype == torch.bool:
         raise TypeError(f"random_blocks must be an integer tensor, got {random_blocks.dtype}")
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be an odd number of blocks >= 1, got {window}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    window = check_window(window)
+    block_size = check_int("block_size", block_size, minimum=1)
     H, nb, r = random_blocks.shape
     if H < 1 or nb < 1:
         raise ValueError(f"a layout needs at least one head and one block, got H={H}, num_blocks={nb}")
@@ -298,10 +414,11 @@ def make_layout(
         random_blocks=rand.to(torch.int32),
         kv_indices=kv.to(torch.int32),
         kv_num_blocks=num.to(torch.int32).expand(H, nb).contiguous(),
-        is_global=st.is_global,
+        # copies: the structure cache stays private, whatever a caller writes into the layout
+        is_global=st.is_global.clone(),
         nnz_per_head=st.nnz,
-        global_rows=st.global_rows,
-        other_rows=st.other_rows,
+        global_rows=st.global_rows.clone(),
+        other_rows=st.other_rows.clone(),
     )
 
 
@@ -436,9 +553,9 @@ def hf_random_blocks(
     layer index draws the old-plan table (padded length 1024, 3072 or 4096, generated for
     ``max_position_embeddings`` and truncated) or the plan tables (any other length).
     """
-    _check_block_multiple(seq_len, block_size)
+    seq_len, block_size, r, num_heads = _check_sizes(seq_len, block_size, num_random_blocks, num_heads)
+    layer_idx, max_position_embeddings = _check_hf_args(layer_idx, max_position_embeddings)
     nb = seq_len // block_size
-    r = num_random_blocks
     if nb < 3:
         raise LayoutTooShortError(f"Hugging Face's random layout needs at least 3 blocks, got {nb}")
     if not training or r == 0:
@@ -471,11 +588,20 @@ def _draw_hf_tables(seq_len, block_size, r, num_heads, max_position_embeddings, 
     return np.stack(tables, axis=0).astype(np.int32)
 
 
-def _check_block_multiple(seq_len: int, block_size: int) -> None:
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+def _check_sizes(seq_len, block_size, num_random_blocks, num_heads) -> tuple[int, int, int, int]:
+    """The builders' size arguments as Python ints (TypeError / ValueError naming a bad one)."""
+    block_size = check_int("block_size", block_size, minimum=1)
+    seq_len = check_int("seq_len", seq_len)
     if seq_len < block_size or seq_len % block_size:
         raise ValueError(f"sequence length {seq_len} must be a positive multiple of block_size {block_size}")
+    r = check_int("num_random_blocks", num_random_blocks, minimum=0)
+    return seq_len, block_size, r, check_int("num_heads", num_heads, minimum=1)
+
+
+def _check_hf_args(layer_idx, max_position_embeddings) -> tuple[int, int]:
+    """Hugging Face's generator arguments as Python ints (TypeError / ValueError naming a bad one)."""
+    return (check_int("layer_idx", layer_idx, minimum=0),
+            check_int("max_position_embeddings", max_position_embeddings, minimum=1))
 
 
 def _hf_based_layout(mode, *, layer_idx, seq_len, block_size, num_random_blocks, num_heads,
@@ -501,9 +627,32 @@ def _hf_based_layout(mode, *, layer_idx, seq_len, block_size, num_random_blocks,
     )
 
 
-@functools.lru_cache(maxsize=512)
+_HF_CACHE: OrderedDict = OrderedDict()
+_HF_CACHE_SIZE = 512
+_HF_CACHE_LOCK = threading.Lock()
+
+
+def _cached_hf(*key) -> BigBirdLayout:
+    """The ``hf``/``seeded`` layout for ``key`` (:func:`_build_hf`'s arguments), built once.
+
+    Keeps the 512 most recently used; a cached layout a caller wrote into is replaced by a fresh one.
+    """
+    with _HF_CACHE_LOCK:
+        layout = _HF_CACHE.get(key)
+        if layout is not None and not layout.modified_tensors():
+            _HF_CACHE.move_to_end(key)
+            return layout
+    layout = _build_hf(*key)
+    with _HF_CACHE_LOCK:
+        _HF_CACHE[key] = layout
+        _HF_CACHE.move_to_end(key)
+        while len(_HF_CACHE) > _HF_CACHE_SIZE:
+            _HF_CACHE.popitem(last=False)
+    return layout
+
+
 @_outside_inference_mode
-def _cached_hf(mode, layer_idx, seq_len, block_size, r, num_heads, max_pos, training, window, global_blocks, device):
+def _build_hf(mode, layer_idx, seq_len, block_size, r, num_heads, max_pos, training, window, global_blocks, device):
     return _hf_based_layout(
         mode,
         layer_idx=layer_idx,
@@ -538,18 +687,19 @@ def hf_layout(
     block 0 again, with multiplicity), independent of ``layer_idx``.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
-    _check_block_multiple(seq_len, block_size)
+    seq_len, block_size, r, num_heads = _check_sizes(seq_len, block_size, num_random_blocks, num_heads)
+    layer_idx, max_position_embeddings = _check_hf_args(layer_idx, max_position_embeddings)
     gb = normalize_global_blocks(seq_len // block_size, global_blocks)
     return _cached_hf(
         "hf",
         layer_idx if training else 0,
         seq_len,
         block_size,
-        num_random_blocks,
+        r,
         num_heads,
         max_position_embeddings,
         bool(training),
-        window,
+        check_window(window),
         gb,
         device,
     )
@@ -569,11 +719,12 @@ def seeded_layout(
 ) -> BigBirdLayout:
     """HF's training-mode layout, used in training and eval alike (Google's original implementation)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    _check_block_multiple(seq_len, block_size)
+    seq_len, block_size, r, num_heads = _check_sizes(seq_len, block_size, num_random_blocks, num_heads)
+    layer_idx, max_position_embeddings = _check_hf_args(layer_idx, max_position_embeddings)
     gb = normalize_global_blocks(seq_len // block_size, global_blocks)
     return _cached_hf(
-        "seeded", layer_idx, seq_len, block_size, num_random_blocks, num_heads, max_position_embeddings,
-        True, window, gb, device,
+        "seeded", layer_idx, seq_len, block_size, r, num_heads, max_position_embeddings,
+        True, check_window(window), gb, device,
     )
 
 
@@ -596,10 +747,10 @@ def resample_layout(
     default generator), so reseeding it replays the same layout.
     """
     device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
-    _check_block_multiple(seq_len, block_size)
+    seq_len, block_size, r, num_heads = _check_sizes(seq_len, block_size, num_random_blocks, num_heads)
+    window = check_window(window)
     nb = seq_len // block_size
     gb = normalize_global_blocks(nb, global_blocks)
-    r = num_random_blocks
     st = _structure(nb, window, gb, 0, device)
     rand = torch.zeros(num_heads, nb, r, dtype=torch.int64, device=device)
     if r:

@@ -26,8 +26,18 @@ import torch
 from torch import nn
 
 from . import layout as _layout_mod
-from .api import block_sparse_attention
-from .layout import LAYOUT_MODES, BigBirdLayout, LayoutTooShortError, get_layout, make_layout, normalize_global_blocks
+from .api import block_sparse_attention, check_scale
+from .layout import (
+    LAYOUT_MODES,
+    BigBirdLayout,
+    LayoutTooShortError,
+    check_int,
+    check_window,
+    get_layout,
+    global_block_ids,
+    make_layout,
+    normalize_global_blocks,
+)
 
 __all__ = ["BlockSparseSelfAttention", "block_sparse_attn_func"]
 
@@ -112,8 +122,10 @@ def _store_key(kind: str, num_blocks: int, training: bool, device: torch.device)
 
 def _ensure_layout(store, key, kind, layer_idx, seq_len, block_size, num_random_blocks, num_heads,
                    max_position_embeddings, training, window, global_blocks, device) -> bool:
-    """Build the layout named ``key`` into ``store`` unless it is there (runs eagerly, also at trace time)."""
-    if getattr(store, key, None) is None:
+    """Build the layout named ``key`` into ``store`` unless it is there and intact (runs eagerly, also
+    at trace time); a stored layout a caller wrote into is replaced."""
+    layout = getattr(store, key, None)
+    if layout is None or layout.modified_tensors():
         setattr(store, key, _build_layout(kind, layer_idx=layer_idx, seq_len=seq_len, block_size=block_size,
                                           num_random_blocks=num_random_blocks, num_heads=num_heads,
                                           max_position_embeddings=max_position_embeddings, training=training,
@@ -142,6 +154,7 @@ def _mark_compile_constants() -> None:
         _compile_marks_done = True
 
 
+@_layout_mod._outside_inference_mode  # kept on the module: later training calls must be able to use it
 def _build_layout(kind, *, layer_idx, seq_len, block_size, num_random_blocks, num_heads, max_position_embeddings,
                   training, window, global_blocks, device) -> BigBirdLayout:
     nb = seq_len // block_size
@@ -224,7 +237,7 @@ class BlockSparseSelfAttention(nn.Module):
             (reproducible independently of the global RNG; not restored by activation
             checkpointing, so don't combine the two). Under ``torch.compile`` a ``torch.Generator``
             cannot be traced: compiled calls draw from torch's default generator.
-        scale: softmax scale; default ``1 / sqrt(D)``.
+        scale: softmax scale, a finite positive number; default ``1 / sqrt(D)``.
         deterministic: ask the backend for bit-reproducible gradients.
     """
 
@@ -250,29 +263,27 @@ class BlockSparseSelfAttention(nn.Module):
         dtype=None,
     ):
         super().__init__()
+        hidden_size = check_int("hidden_size", hidden_size, minimum=1)
+        num_heads = check_int("num_heads", num_heads, minimum=1)
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
         if layout_mode not in LAYOUT_MODES:
             raise ValueError(f"layout_mode must be one of {LAYOUT_MODES}, got {layout_mode!r}")
-        if block_size < 1 or num_random_blocks < 0:
-            raise ValueError(f"need block_size >= 1 and num_random_blocks >= 0, got {block_size}, {num_random_blocks}")
-        if window < 1 or window % 2 == 0:
-            raise ValueError(f"window must be an odd number of blocks >= 1, got {window}")
         if seed is not None and layout_mode != "resample":
             raise ValueError("seed only applies to layout_mode='resample' (hf/seeded layouts are seeded by layer_idx)")
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.block_size = block_size
-        self.num_random_blocks = num_random_blocks
-        self.window = window
-        self.global_blocks = tuple(int(g) for g in global_blocks)
+        self.block_size = check_int("block_size", block_size, minimum=1)
+        self.num_random_blocks = check_int("num_random_blocks", num_random_blocks, minimum=0)
+        self.window = check_window(window)
+        self.global_blocks = global_block_ids(global_blocks)
         self.layout_mode = layout_mode
-        self.layer_idx = layer_idx
-        self.max_position_embeddings = max_position_embeddings
+        self.layer_idx = check_int("layer_idx", layer_idx, minimum=0)
+        self.max_position_embeddings = check_int("max_position_embeddings", max_position_embeddings, minimum=1)
         self.backend = backend
-        self.seed = seed
-        self.scale = scale
+        self.seed = None if seed is None else check_int("seed", seed)
+        self.scale = check_scale(scale)
         self.deterministic = deterministic
         kw = {"device": device, "dtype": dtype}
         self.query = nn.Linear(hidden_size, hidden_size, bias=bias, **kw)

@@ -1,5 +1,6 @@
 """Layouts: bit-exact with Hugging Face's random blocks, structure, caching, transposition."""
 
+import functools
 import hashlib
 
 import numpy as np
@@ -235,3 +236,167 @@ def test_layout_first_built_under_inference_mode_serves_autograd_later():
     q = torch.randn(1, 2, 16 * 9, 8, requires_grad=True)
     block_sparse_attention(q, q, q, layout, attention_mask=torch.ones(1, 16 * 9, dtype=torch.bool)).sum().backward()
     assert torch.isfinite(q.grad).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# integer arguments
+# --------------------------------------------------------------------------------------------------
+
+_SIZES = dict(seq_len=16 * 8, block_size=16, num_random_blocks=1, num_heads=2, window=3)
+BUILDERS = {
+    "hf_layout": lambda **kw: hf_layout(layer_idx=1, training=True, **kw),
+    "seeded_layout": lambda **kw: seeded_layout(layer_idx=1, **kw),
+    "resample_layout": lambda **kw: resample_layout(**kw),
+    "get_layout": lambda **kw: get_layout("hf", layer_idx=1, **kw),
+}
+NOT_INTEGERS = [3.0, 16.5, True, False, "16", np.float64(16.0), np.bool_(True), torch.tensor(16.0),
+                torch.tensor(True), torch.tensor([16]), None]
+
+
+def _ids_bad(x):
+    return f"{type(x).__name__}-{x!r}".replace(" ", "")
+
+
+@pytest.mark.parametrize("value", NOT_INTEGERS, ids=_ids_bad)
+@pytest.mark.parametrize("arg", ["seq_len", "block_size", "num_random_blocks", "num_heads", "window"])
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_builders_refuse_non_integer_sizes_by_name(builder, arg, value):
+    kw = dict(_SIZES, **{arg: value})
+    with pytest.raises(TypeError, match=f"^{arg} must be an integer, got "):
+        BUILDERS[builder](**kw)
+
+
+@pytest.mark.parametrize("value", NOT_INTEGERS, ids=_ids_bad)
+@pytest.mark.parametrize("arg", ["layer_idx", "max_position_embeddings"])
+def test_hf_builders_refuse_non_integer_layer_and_max_positions(arg, value):
+    kw = {"layer_idx": 1, "max_position_embeddings": 1024, "seq_len": 128, "block_size": 16,
+          "num_random_blocks": 1, "num_heads": 2, arg: value}
+    for build in (functools.partial(hf_layout, training=True), seeded_layout,
+                  functools.partial(hf_random_blocks, training=True)):
+        with pytest.raises(TypeError, match=f"^{arg} must be an integer"):
+            build(**kw)
+
+
+@pytest.mark.parametrize("global_blocks, match", [
+    ((0, 1.0), r"global_blocks\[1\] must be an integer, got float"),
+    ((0, True), r"global_blocks\[1\] must be an integer, got bool"),
+    (("0", -1), r"global_blocks\[0\] must be an integer, got str"),
+    ((np.float32(0),), r"global_blocks\[0\] must be an integer, got float32"),
+    ("01", "global_blocks must be a sequence of integer block ids, got str"),
+    (0, "global_blocks must be a sequence of integer block ids, got int"),
+    (torch.tensor(0), "global_blocks must be a sequence of integer block ids, got Tensor"),
+])
+def test_builders_refuse_non_integer_global_blocks_by_name(global_blocks, match):
+    for build in BUILDERS.values():
+        with pytest.raises(TypeError, match=match):
+            build(global_blocks=global_blocks, **_SIZES)
+    with pytest.raises(TypeError, match=match):
+        make_layout(torch.zeros(1, 8, 1, dtype=torch.int32), block_size=16, global_blocks=global_blocks)
+
+
+@pytest.mark.parametrize("arg, value", [("block_size", 16.0), ("block_size", True), ("window", 3.0),
+                                        ("window", "3"), ("window", np.float64(3))])
+def test_make_layout_refuses_non_integer_arguments_by_name(arg, value):
+    kw = {"block_size": 16, "window": 3, arg: value}
+    with pytest.raises(TypeError, match=f"^{arg} must be an integer"):
+        make_layout(torch.zeros(1, 8, 1, dtype=torch.int32), **kw)
+    with pytest.raises(TypeError, match="random_blocks must be a torch.Tensor"):
+        make_layout([[[0]]], block_size=16)
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_builders_accept_numpy_and_torch_integer_scalars(builder):
+    plain = BUILDERS[builder](global_blocks=(0, -1), **_SIZES)
+    for conv in (np.int64, np.int32, torch.tensor):
+        kw = {k: conv(v) for k, v in _SIZES.items()}
+        layout = BUILDERS[builder](global_blocks=(conv(0), conv(-1)), **kw)
+        assert (layout.seq_len, layout.num_heads, layout.window, layout.global_blocks) == (128, 2, 3, (0, 7))
+        assert all(type(x) is int for x in (layout.block_size, layout.num_blocks, layout.window, *layout.global_blocks))
+        if builder != "resample_layout":
+            assert layout is plain  # the same cache entry as plain ints
+    layout = BUILDERS[builder](global_blocks=torch.tensor([0, -1]), **_SIZES)
+    assert layout.global_blocks == (0, 7)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_heads=0), "num_heads must be positive, got 0"),
+    (dict(num_random_blocks=-1), "num_random_blocks must be non-negative, got -1"),
+    (dict(window=4), "window must be an odd number"),
+    (dict(window=-1), "window must be an odd number"),
+])
+def test_builders_refuse_out_of_range_sizes_by_name(kwargs, match):
+    for build in BUILDERS.values():
+        with pytest.raises(ValueError, match=match):
+            build(**dict(_SIZES, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------------
+# cached layouts are read-only
+# --------------------------------------------------------------------------------------------------
+
+_WRITES = {
+    "setitem": lambda t: t.__setitem__((0, 1) if t.dim() > 1 else 1, 5),
+    "view-fill": lambda t: t.view(-1)[:3].fill_(1),
+    "add_": lambda t: t.add_(1),
+    "detach-copy": lambda t: t.detach().copy_(torch.zeros_like(t)),
+}
+_HF_KW = dict(layer_idx=4, seq_len=16 * 12, block_size=16, num_random_blocks=1, num_heads=2, training=True)
+
+
+@pytest.mark.parametrize("write", _WRITES)
+@pytest.mark.parametrize("name", ["random_blocks", "kv_indices", "kv_num_blocks", "is_global", "global_rows",
+                                  "other_rows"])
+def test_a_write_into_a_cached_layout_cannot_corrupt_another_caller(name, write):
+    from bigbird_kernels import block_sparse_attention
+
+    first = hf_layout(**_HF_KW)
+    q, k, v = (torch.randn(1, 2, 16 * 12, 8) for _ in range(3))
+    expected = block_sparse_attention(q, k, v, first)
+    pristine = {n: getattr(first, n).clone() for n in ("random_blocks", "kv_indices", "kv_num_blocks", "is_global")}
+    tensor = getattr(first, name)
+    if tensor.dtype == torch.bool:
+        tensor = tensor.view(torch.uint8)  # a view shares the version counter
+    _WRITES[write](tensor)
+    # the writer (and anyone holding the same object) gets an error, never a silently wrong result
+    with pytest.raises(ValueError, match=f"layout tensors {name} were modified in place"):
+        block_sparse_attention(q, k, v, first)
+    # everyone asking the builder again gets a freshly built, intact layout
+    second = hf_layout(**_HF_KW)
+    assert second is not first and not second.modified_tensors()
+    for n, t in pristine.items():
+        assert torch.equal(getattr(second, n), t), n
+    assert hf_layout(**_HF_KW) is second
+    torch.testing.assert_close(block_sparse_attention(q, k, v, second), expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="modified in place"):
+        first.to("meta")
+
+
+def test_layouts_do_not_share_tensors_with_the_structure_cache():
+    a = resample_layout(seq_len=16 * 9, block_size=16, num_random_blocks=1, num_heads=2)
+    a.is_global[3] = True
+    a.global_rows.zero_()
+    b = resample_layout(seq_len=16 * 9, block_size=16, num_random_blocks=1, num_heads=2)
+    assert b.is_global.tolist() == [True] + [False] * 7 + [True]
+    assert b.global_rows.tolist() == [0, 8] and not b.modified_tensors()
+
+
+def test_a_write_into_the_cached_transposed_structure_is_undone():
+    layout = hf_layout(**_HF_KW)
+    t = layout.transpose()
+    want = (t.q_offsets.clone(), t.q_indices.clone())
+    t.q_indices.zero_()
+    fresh = layout.transpose()
+    assert fresh is not t and layout.transpose() is fresh
+    assert torch.equal(fresh.q_offsets, want[0]) and torch.equal(fresh.q_indices, want[1])
+
+
+def test_layouts_made_under_inference_mode_work_and_refuse_writes_outside_it():
+    from bigbird_kernels import block_sparse_attention
+
+    q = torch.randn(1, 2, 16 * 9, 8)
+    with torch.inference_mode():
+        layout = resample_layout(seq_len=16 * 9, block_size=16, num_random_blocks=1, num_heads=2)
+        out = block_sparse_attention(q, q, q, layout)
+    assert torch.isfinite(out).all() and not layout.modified_tensors()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        layout.kv_indices[0, 1, 0] = 5  # torch refuses writes into inference tensors outside inference mode

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,3 +209,70 @@ def test_bshd_and_bhsd_functional_forms_are_equal_and_copy_free(with_mask):
         torch.testing.assert_close(a, b.transpose(1, 2), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="layout_format"):
         block_sparse_attn_func(q, k, v, layout, layout_format="SBHD")
+
+
+@pytest.mark.parametrize("arg, value, exc, match", [
+    ("hidden_size", 32.0, TypeError, "hidden_size must be an integer, got float"),
+    ("num_heads", True, TypeError, "num_heads must be an integer, got bool"),
+    ("block_size", "16", TypeError, "block_size must be an integer, got str"),
+    ("num_random_blocks", 1.5, TypeError, "num_random_blocks must be an integer"),
+    ("window", np.float64(3), TypeError, "window must be an integer, got float64"),
+    ("global_blocks", (0, 2.0), TypeError, r"global_blocks\[1\] must be an integer, got float"),
+    ("layer_idx", 1.0, TypeError, "layer_idx must be an integer"),
+    ("max_position_embeddings", 1024.0, TypeError, "max_position_embeddings must be an integer"),
+    ("block_size", 0, ValueError, "block_size must be positive"),
+    ("window", 2, ValueError, "window must be an odd number"),
+    ("scale", float("nan"), ValueError, "scale must be a finite positive number"),
+    ("scale", float("inf"), ValueError, "scale must be a finite positive number"),
+    ("scale", -1.0, ValueError, "scale must be a finite positive number"),
+    ("scale", 0, ValueError, "scale must be a finite positive number"),
+    ("scale", True, TypeError, "scale must be a finite positive number"),
+    ("scale", torch.tensor(float("nan")), TypeError, "scale must be a finite positive number"),
+])
+def test_module_refuses_bad_arguments_by_name(arg, value, exc, match):
+    kw = {"block_size": 16, "num_random_blocks": 1, arg: value}
+    hidden, heads = kw.pop("hidden_size", 32), kw.pop("num_heads", 2)
+    with pytest.raises(exc, match=match):
+        BlockSparseSelfAttention(hidden, heads, **kw)
+
+
+def test_module_accepts_numpy_and_torch_integers():
+    m = BlockSparseSelfAttention(np.int64(32), torch.tensor(2), block_size=np.int32(16),
+                                 num_random_blocks=torch.tensor(1), window=np.int64(3),
+                                 global_blocks=torch.tensor([0, -1]), layer_idx=np.int64(1), scale=np.float32(0.25))
+    got = (m.hidden_size, m.num_heads, m.block_size, m.window, m.global_blocks, m.scale)
+    assert got == (32, 2, 16, 3, (0, -1), 0.25)
+    assert all(type(x) is int for x in got[:4] + got[4])
+    assert m(torch.randn(1, 70, 32)).shape == (1, 70, 32)
+
+
+@pytest.mark.parametrize("layout_format", ["BHSD", "BSHD"])
+@pytest.mark.parametrize("scale", [float("nan"), float("-inf"), 0.0, False])
+def test_functional_form_refuses_bad_scale(layout_format, scale):
+    layout = get_layout("hf", layer_idx=0, seq_len=64, block_size=16, num_random_blocks=1, num_heads=2)
+    q, k, v = make_qkv(1, 2, 64, 8)
+    if layout_format == "BSHD":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    with pytest.raises((TypeError, ValueError), match="scale must be a finite positive number"):
+        block_sparse_attn_func(q, k, v, layout, layout_format=layout_format, scale=scale)
+
+
+def test_module_replaces_a_layout_a_caller_wrote_into():
+    m = BlockSparseSelfAttention(32, 2, block_size=16, num_random_blocks=1, layout_mode="seeded", layer_idx=5)
+    x = torch.randn(2, 190, 32)
+    want = m(x)
+    m.get_layout(192).kv_indices.zero_()  # the shared, cached layout
+    torch.testing.assert_close(m(x), want, atol=0, rtol=0)
+    assert not m.get_layout(192).modified_tensors()
+
+
+@pytest.mark.parametrize("S", [20, 190])  # full attention (fewer than 3 blocks) and a sparse layout
+def test_layouts_first_built_under_inference_mode_serve_training_later(S):
+    m = BlockSparseSelfAttention(32, 2, block_size=16, num_random_blocks=1, layout_mode="seeded").eval()
+    x = torch.randn(1, S, 32, requires_grad=True)
+    with torch.inference_mode():
+        want = m(x.detach())
+    out = m(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
+    assert torch.isfinite(x.grad).all()

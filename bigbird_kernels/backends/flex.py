@@ -3,7 +3,8 @@
 A ``BlockMask`` lists, for every query block, the distinct key blocks its row reads (every key block
 for global rows), all as "full" blocks, with a ``mask_mod`` saying the same thing for the eager path;
 a ``score_mod`` adds ``log(count)`` to the logits of key blocks a row lists more than
-once and ``-inf`` for padded keys. Padded query rows are zeroed afterwards (lse ``-inf``).
+once and ``-inf`` for padded keys. Padded positions of q, k and v are zeroed by a select first (NaN
+or Inf there cannot leak); padded query rows are zeroed afterwards (lse ``-inf``).
 
 It is a benchmark peer chosen only by name, never by ``auto``. Like every FlexAttention block mask,
 it holds ``(H, num_blocks, num_blocks)`` tables (here the block indices and the log-count bias), so
@@ -18,6 +19,8 @@ import math
 import weakref
 
 import torch
+
+from .sdpa import zero_padding
 
 try:
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -101,6 +104,7 @@ class FlexBackend:
         bs = layout.block_size
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         block_mask, bias = _block_structure(layout)
+        q, k, v = zero_padding(attention_mask, q, k, v)  # padded NaN/Inf cannot reach real rows
 
         if attention_mask is None:
             def score_mod(score, b, h, q_idx, kv_idx):

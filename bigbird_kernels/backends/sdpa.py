@@ -26,6 +26,18 @@ def dense_bias(layout, attention_mask, dtype) -> torch.Tensor:
     return bias
 
 
+def zero_padding(attention_mask, *tensors):
+    """``tensors (B, H, S, D)`` with every padded position (mask False) set to 0 by a select.
+
+    A select, unlike a multiply by 0, also clears NaN and Inf: whatever padded queries, keys and
+    values hold cannot reach real rows, padded rows or any gradient. ``attention_mask`` None: unchanged.
+    """
+    if attention_mask is None:
+        return tensors
+    real = attention_mask[:, None, :, None]  # (B, 1, S, 1)
+    return tuple(torch.where(real, t, torch.zeros((), dtype=t.dtype, device=t.device)) for t in tensors)
+
+
 class SdpaBackend:
     name = "sdpa"
 
@@ -37,6 +49,7 @@ class SdpaBackend:
     def forward(self, q, k, v, layout, attention_mask, scale, *, need_lse, deterministic):
         D = q.shape[-1]
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        q, k, v = zero_padding(attention_mask, q, k, v)
         bias = dense_bias(layout, attention_mask, q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         lse = None
@@ -44,7 +57,7 @@ class SdpaBackend:
             s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias.float()
             lse = torch.logsumexp(s, dim=-1)  # (B, H, S)
         if attention_mask is not None:
-            out = out * attention_mask[:, None, :, None].to(out.dtype)
+            (out,) = zero_padding(attention_mask, out)
             if lse is not None:
                 lse = lse.masked_fill(~attention_mask[:, None, :], float("-inf"))
         return out, lse
