@@ -10,9 +10,16 @@
 The inference subcommands write one JSON line per input document (in input order) to stdout or
 ``--output``, window documents longer than the model's positions (``--max-length``, ``--stride``) and
 merge the windows' results, batch by length, and run unchanged under ``torchrun`` (each rank takes a
-shard of the documents, rank 0 writes). Errors in the input print one line on stderr and exit 1
-(``BIGBIRD_DEBUG=1`` prints the traceback); usage errors exit 2. The logic lives in
-:mod:`bigbird.inference`.
+shard of the documents, rank 0 writes). Documents run ``--chunk-size`` at a time and each finished
+chunk is written at once.
+
+``--output PATH`` is checked before any work and written as ``PATH.partial``, renamed to ``PATH`` when
+the run has succeeded: a failed or interrupted run leaves an existing ``PATH`` untouched and keeps the
+finished records in ``PATH.partial``; the same command with ``--resume`` skips those documents and
+continues. A result holding NaN or infinity (which JSON cannot hold) is an error naming the document.
+
+Errors in the input print one line on stderr and exit 1 (``BIGBIRD_DEBUG=1`` prints the traceback);
+usage errors exit 2, Ctrl-C exits 130. The logic lives in :mod:`bigbird.inference`.
 """
 
 from __future__ import annotations

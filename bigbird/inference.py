@@ -4,7 +4,7 @@ What lives here (``bigbird.cli`` only parses arguments and prints):
 
 * **Inputs** -- :func:`read_documents` turns inline texts, files (one document each) and JSONL files
   (one document per line, text in a named field) into :class:`Document` objects, in that order, and
-  rejects missing, unreadable and empty inputs with an :class:`InputError`.
+  rejects missing, unreadable, empty, non-UTF-8 and malformed inputs with an :class:`InputError`.
 * **Windows** -- a document longer than ``max_length`` tokens (special tokens included) is split into
   windows of content tokens that overlap by at least ``stride`` tokens (:func:`window_spans`; the last
   window is moved back so that it is full length and ends at the document's end). Results are merged
@@ -21,6 +21,10 @@ What lives here (``bigbird.cli`` only parses arguments and prints):
 * **Distribution** -- under ``torchrun`` (``WORLD_SIZE > 1``), :class:`Distributed` initialises
   ``torch.distributed`` (gloo on CPU, nccl on CUDA); each rank takes every ``world_size``-th document
   and rank 0 gathers the records (``all_gather_object``) and returns them in input order.
+* **Output** -- :class:`JsonlOutput` writes the records as JSON lines (never bare ``NaN``: a
+  non-finite result is an :class:`InputError` naming its document) to stdout, or to a file through
+  ``FILE.partial``: checked before any work, appended to as records finish, renamed over ``FILE`` at
+  the end, kept after a failure for a resumed run to continue.
 
 Positions ("document token positions") index the ids the ``tokens`` task returns for the document:
 ``[CLS] content [SEP]``, so the first content token is at position 1.
@@ -128,6 +132,8 @@ def _read_text(path: str, what: str) -> str:
     """The UTF-8 text of file ``path`` (``-``: standard input), without a leading byte-order mark."""
     name = "<stdin>" if path == "-" else _display(path)
     if path == "-":
+        if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream (in Python)
+            return _check_text(sys.stdin.read(), name)
         data = sys.stdin.buffer.read()
     else:
         p = Path(path).expanduser()
@@ -220,7 +226,8 @@ def read_documents(
     for i, t in enumerate(texts):
         add(_check_text(t, f"text[{i}]", argv=True), f"text[{i}]")
     for path in files:
-        add(_read_text(path, "file"), "<stdin>" if path == "-" else _display(path))
+        text = _read_text(path, "file").replace("\r\n", "\n").replace("\r", "\n")  # universal newlines
+        add(text, "<stdin>" if path == "-" else _display(path))
     for path in jsonl:
         content = _read_text(path, "JSONL file")
         name = "<stdin>" if path == "-" else _display(path)
@@ -1087,6 +1094,8 @@ class JsonlOutput:
             return
         name = _display(str(path))
         self.path = Path(path).expanduser()
+        if self.path.is_symlink():  # replace the file it points to, not the link
+            self.path = self.path.resolve()
         folder = self.path.parent
         if self.path.is_dir():
             raise InputError(f"--output {name!r} is a directory")
@@ -1102,8 +1111,8 @@ class JsonlOutput:
         shown = _display(str(self.partial))
         resuming = resume and self.partial.is_file()
         if self.partial.exists() and not resuming:
-            raise InputError(f"{shown!r} holds the records of an unfinished run: add --resume to continue it, or "
-                             "delete it to start over")
+            raise InputError(f"{shown!r} holds the records of an unfinished (or still running) run: add --resume to "
+                             "continue it, or delete it to start over")
         try:
             self._file = open(self.partial, "r+b" if resuming else "xb")  # noqa: SIM115 - closed by finish/abort
         except OSError as e:
@@ -1151,9 +1160,13 @@ class JsonlOutput:
                 error = e
                 break
         text = "".join(lines)
-        if self._file is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        if self.path is None:
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except BrokenPipeError:  # e.g. `bigbird ... | head`
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+                raise InputError("standard output was closed before every record was written") from None
         else:
             try:
                 self._file.write(text.encode("utf-8"))
@@ -1179,16 +1192,18 @@ class JsonlOutput:
     def abort(self) -> str | None:
         """Close after a failed or interrupted run. Returns a note for the error message when the partial
         file is kept (it holds finished records); a partial file this run created empty is removed."""
-        if self._file is None:
+        if self.partial is None:
             return None
-        try:
-            self._file.close()
-        except OSError:
-            pass  # the run has failed already; that error is the one to report
-        self._file = None
-        if self.count == 0:
-            if self._created:
-                self.partial.unlink(missing_ok=True)
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the run has failed already; that error is the one to report
+            self._file = None
+        if self.count == 0 and self._created:
+            self.partial.unlink(missing_ok=True)
+        if self.count == 0 or not self.partial.exists():
             return None
-        return (f"the {self.count} finished records are kept in {_display(str(self.partial))!r}: run the same command "
-                "with --resume to continue after them")
+        kept = "1 finished record is" if self.count == 1 else f"{self.count} finished records are"
+        return (f"{kept} kept in {_display(str(self.partial))!r}: run the same command with --resume to continue "
+                "after them")

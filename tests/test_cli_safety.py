@@ -106,6 +106,10 @@ def test_success_replaces_the_output_and_leaves_no_partial(capsys, ckpt, words, 
     assert code == 0 and stdout == "", err
     assert [r["index"] for r in _read_jsonl(out)] == [0, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)  # a link to the output: the file it points to is replaced, the link stays
+    code, _, err = run_cli(capsys, "tokens", "--model", ckpt["mlm"], "--text", "ka", "-o", link)
+    assert code == 0 and link.is_symlink() and [r["num_tokens"] for r in _read_jsonl(out)] == [3], err
 
 
 def test_disk_full_leaves_the_existing_output_untouched(ckpt, words, tmp_path):
@@ -168,7 +172,7 @@ def test_interrupt_keeps_finished_records_and_resume_completes(capsys, ckpt, wor
 
     calls = _fail_on_call(monkeypatch, 3, KeyboardInterrupt())
     line = _one_line_error(*run_cli(capsys, *args, "-o", out), "interrupted", exit_code=130)
-    assert f"the 4 finished records are kept in '{partial}'" in line and "--resume" in line
+    assert f"4 finished records are kept in '{partial}'" in line and "--resume" in line
     assert calls == [[0, 1], [2, 3], [4, 5]]
     assert out.read_text() == "previous results\n"
     assert [r["id"] for r in _read_jsonl(partial)] == ["d0", "d1", "d2", "d3"]
@@ -197,7 +201,7 @@ def test_failed_run_keeps_finished_records_and_resume_needs_the_same_input(capsy
     partial = tmp_path / "o.jsonl.partial"
     _fail_on_call(monkeypatch, 2, inference.InputError("boom"))
     line = _one_line_error(*run_cli(capsys, *args, "-o", out), "boom")
-    assert f"the 2 finished records are kept in '{partial}'" in line and not out.exists()
+    assert f"2 finished records are kept in '{partial}'" in line and not out.exists()
 
     (tmp_path / "elsewhere").mkdir()
     other = _docs_file(tmp_path / "elsewhere", words, 5)  # the same texts from another file: other sources
@@ -276,7 +280,7 @@ def test_non_finite_result_is_an_error_naming_the_document(capsys, ckpt, words, 
     _poison_model(monkeypatch, 2, value)
     dest = tmp_path / "o.jsonl"
     line = _one_line_error(*run_cli(capsys, *args, "-o", dest), "text[1]")
-    assert "the 1 finished records are kept" in line and not dest.exists()
+    assert "1 finished record is kept" in line and not dest.exists()
     assert [r["index"] for r in _read_jsonl(tmp_path / "o.jsonl.partial")] == [0]
 
 
@@ -430,3 +434,15 @@ def test_bfloat16_on_cpu_end_to_end(capsys, ckpt, words):
                 _close(a["probabilities"], b["probabilities"], tol=5e-2)
             else:
                 assert a["score"] == pytest.approx(b["score"], abs=0.1 * (1 + abs(b["score"])))
+
+
+def test_closed_stdout_pipe_is_one_line(ckpt, words, tmp_path):
+    """`bigbird ... | head`: the reader goes away; one line on stderr, no second error at exit."""
+    inp = _jsonl(tmp_path / "in.jsonl", [{"text": _text(_doc(words, 60, i))} for i in range(200)])  # ~150 kB out
+    proc = subprocess.Popen([sys.executable, "-m", "bigbird", "tokens", "--model", ckpt["mlm"], "--jsonl", str(inp),
+                             "--chunk-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    assert proc.stdout.read(10) == b'{"index": '
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err.splitlines() == ["bigbird tokens: error: standard output was closed before every record was written"]
