@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -317,7 +318,8 @@ def _bad_input_cases(ckpt, tmp_path):
         "surrogate escape in JSONL": (["tokens", "--model", m, "--jsonl",
                                        write("s.jsonl", b'{"text": "ok"}\n{"text": "a\\udc00b"}\n')],
                                       "s.jsonl:2: field 'text' holds a lone surrogate U+DC00 at character 1"),
-        "surrogate in JSONL id": (["tokens", "--model", m, "--jsonl", write("i.jsonl", b'{"text": "a", "id": "\\ud83d"}')],
+        "surrogate in JSONL id": (["tokens", "--model", m, "--jsonl",
+                                   write("i.jsonl", b'{"text": "a", "id": "\\ud83d"}')],
                                   "i.jsonl:1: field 'id' holds a lone surrogate"),
         "surrogate in JSONL question": (["qa", "--model", ckpt["qa"], "--jsonl",
                                          write("q.jsonl", b'{"text": "a", "question": "\\udfff"}')],
@@ -373,9 +375,11 @@ def test_bad_input_gets_one_line(capsys, ckpt, tmp_path, case):
     assert "allow_missing" not in line and "ignore_unexpected" not in line  # hints name CLI options only
 
 
-@pytest.mark.parametrize("data,needle", [(b"ka \xff lo", "file '<stdin>' is not UTF-8 text (invalid start byte at byte 3)"),
-                                         (b"\xef\xbb\xbf\xc3", "at byte 3"),  # the offset counts the BOM
-                                         (b"  \n", "<stdin> is empty")])
+@pytest.mark.parametrize("data,needle", [
+    (b"ka \xff lo", "file '<stdin>' is not UTF-8 text (invalid start byte at byte 3)"),
+    (b"\xef\xbb\xbf\xc3", "at byte 3"),  # the offset counts the BOM
+    (b"  \n", "<stdin> is empty"),
+])
 def test_bad_stdin_gets_one_line(capsys, ckpt, monkeypatch, data, needle):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
     _one_line_error(*run_cli(capsys, "tokens", "--model", ckpt["mlm"], "--file", "-"), needle)
@@ -446,3 +450,24 @@ def test_closed_stdout_pipe_is_one_line(ckpt, words, tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert err.splitlines() == ["bigbird tokens: error: standard output was closed before every record was written"]
+
+
+def test_real_ctrl_c_keeps_finished_records(ckpt, words, tmp_path):
+    """SIGINT to a running command (once its first record is on disk): exit 130, one line naming the partial file."""
+    inp = _jsonl(tmp_path / "in.jsonl", [{"text": _text(_doc(words, 50, i))} for i in range(2000)])
+    out = tmp_path / "o.jsonl"
+    partial = tmp_path / "o.jsonl.partial"
+    proc = subprocess.Popen([sys.executable, "-m", "bigbird", "embed", "--model", ckpt["mlm"], "--jsonl", str(inp),
+                             "--chunk-size", "1", "--pooling", "mean", "--no-progress", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and b"\n" in partial.read_bytes()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stdout == "", stderr
+    (line,) = stderr.splitlines()
+    n = partial.read_bytes().count(b"\n")  # complete records (a write cut short leaves a partial last line)
+    assert 1 <= n < 2000 and not out.exists()
+    assert line.startswith("bigbird embed: interrupted; ") and f"kept in '{partial}'" in line and "--resume" in line
