@@ -189,8 +189,12 @@ def _parse_jsonl_line(line: str, where: str, field: str, question_field: str | N
             raise InputError(f"{where}: field {question_field!r} must be a string, got {type(q).__name__}")
         _check_text(q, f"{where}: field {question_field!r}")
     extra = {}
-    if "id" in obj:
-        _check_text(json.dumps(obj["id"], ensure_ascii=False), f"{where}: field 'id'")
+    if "id" in obj:  # copied to the output record
+        try:
+            id_json = json.dumps(obj["id"], ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise InputError(f"{where}: field 'id' holds a number out of range (1e999 reads as infinity)") from None
+        _check_text(id_json, f"{where}: field 'id'")
         extra["id"] = obj["id"]
     return text, q, extra
 

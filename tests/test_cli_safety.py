@@ -339,6 +339,9 @@ def _bad_input_cases(ckpt, tmp_path):
                                      "field 'text' must be a string, got int"),
         "JSONL NaN literal": (["tokens", "--model", m, "--jsonl", write("nan.jsonl", b'{"text": "a", "id": NaN}')],
                               "nan.jsonl:1: NaN is not valid JSON"),
+        "JSONL id out of range": (["tokens", "--model", m, "--jsonl",
+                                   write("big.jsonl", b'{"text": "a", "id": 1e999}')],
+                                  "big.jsonl:1: field 'id' holds a number out of range"),
         "JSONL question not a string": (["qa", "--model", ckpt["qa"], "--jsonl",
                                          write("qn.jsonl", b'{"text": "a", "question": 1}')],
                                         "field 'question' must be a string, got int"),
@@ -362,7 +365,7 @@ def _bad_input_cases(ckpt, tmp_path):
 _BAD_INPUT = ["surrogate in --text", "surrogate in --question", "non-UTF-8 --file", "non-UTF-8 --jsonl",
               "surrogate escape in JSONL", "surrogate in JSONL id", "surrogate in JSONL question", "deeply nested JSON",
               "deeply nested id", "JSONL array line", "JSONL string line", "JSONL without the field",
-              "JSONL field not a string", "JSONL NaN literal", "JSONL question not a string",
+              "JSONL field not a string", "JSONL NaN literal", "JSONL id out of range", "JSONL question not a string",
               "classify on an MLM checkpoint", "qa on an MLM checkpoint", "classify on a QA checkpoint",
               "fill-mask on a classifier", "pooled embedding without pooler", "checkpoint with an unexpected key",
               "corrupt weights", "mistyped local path", "chunk size 0"]
