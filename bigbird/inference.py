@@ -656,9 +656,10 @@ _PYTHON_HINT = re.compile(r"\b(allow_missing|ignore_unexpected)=")
 def _missing_head_message(model: str, task: str, keys: list[str]) -> str:
     """Why ``bigbird TASK`` cannot use checkpoint ``model``, whose ``keys`` (of the task's head) are missing
     or mis-shaped, and what to do instead -- in terms of the command line."""
-    what = f"--model {_display(model)!r} has no weights for the {task} head ({keys[0]}, ...)"
     if task == "embed":
-        return f"{what}: use --pooling mean, which needs no pooler"
+        return (f"--model {_display(model)!r} has no pooler weights ({keys[0]}, ...): use --pooling mean, which "
+                "needs none")
+    what = f"--model {_display(model)!r} has no weights for the {task} head ({keys[0]}, ...)"
     if task == "fill-mask":
         return f"{what}: fill-mask needs a pretrained (masked-LM) checkpoint"
     return (f"{what}: `bigbird {task}` needs a checkpoint fine-tuned for {task}, and the command line cannot "
