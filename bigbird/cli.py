@@ -10,9 +10,16 @@
 The inference subcommands write one JSON line per input document (in input order) to stdout or
 ``--output``, window documents longer than the model's positions (``--max-length``, ``--stride``) and
 merge the windows' results, batch by length, and run unchanged under ``torchrun`` (each rank takes a
-shard of the documents, rank 0 writes). Errors in the input print one line on stderr and exit 1
-(``BIGBIRD_DEBUG=1`` prints the traceback); usage errors exit 2. The logic lives in
-:mod:`bigbird.inference`.
+shard of the documents, rank 0 writes). Documents run ``--chunk-size`` at a time and each finished
+chunk is written at once.
+
+``--output PATH`` is checked before any work and written as ``PATH.partial``, renamed to ``PATH`` when
+the run has succeeded: a failed or interrupted run leaves an existing ``PATH`` untouched and keeps the
+finished records in ``PATH.partial``; the same command with ``--resume`` skips those documents and
+continues. A result holding NaN or infinity (which JSON cannot hold) is an error naming the document.
+
+Errors in the input print one line on stderr and exit 1 (``BIGBIRD_DEBUG=1`` prints the traceback);
+usage errors exit 2, Ctrl-C exits 130. The logic lives in :mod:`bigbird.inference`.
 """
 
 from __future__ import annotations
@@ -80,7 +87,15 @@ def _model_options(p: argparse.ArgumentParser, *, full: bool) -> None:
 
 def _output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--output", "-o", metavar="PATH", help="write the JSON lines here instead of stdout")
+    g.add_argument("--output", "-o", metavar="PATH",
+                   help="write the JSON lines here instead of stdout: checked before any work, written as "
+                        "PATH.partial while the run goes, renamed to PATH when it has succeeded")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run whose records are in PATH.partial (same inputs and subcommand): "
+                        "its documents are skipped")
+    g.add_argument("--chunk-size", type=int, default=64, metavar="N",
+                   help="documents run together (batched by length) before their records are written; a failed or "
+                        "interrupted run keeps every finished chunk (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -181,36 +196,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_task(args) -> int:
-    from .inference import Distributed, InputError, Predictor, read_documents, write_jsonl
+    """An inference subcommand: documents in, one record per document out, written chunk by chunk."""
+    from .inference import Distributed, InputError, JsonlOutput, Predictor, read_documents
 
+    if args.chunk_size < 1:
+        raise InputError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     dist = Distributed(getattr(args, "device", "cpu") if args.task != "tokens" else "cpu")
+    out = None  # rank 0's output
     try:
+        def open_output() -> None:  # before reading the inputs or loading the model
+            nonlocal out
+            out = JsonlOutput(args.output, resume=args.resume, task=args.task)
+
+        dist.on_main(open_output)
         docs = read_documents(args.text, args.file, args.jsonl, field=args.field,
                               question=getattr(args, "question", None),
                               question_field=getattr(args, "question_field", None))
+        todo = docs[dist.on_main(lambda: out.resume_point(docs)):]
+        predictor = None
 
-        def work():
-            if args.output and dist.is_main:  # fail before the model runs, not after
-                out = Path(args.output).expanduser()
-                if out.is_dir():
-                    raise InputError(f"--output {args.output!r} is a directory")
-                if not out.parent.is_dir():
-                    raise InputError(f"--output folder {str(out.parent)!r} does not exist")
+        def load() -> list:
+            nonlocal predictor
             predictor = Predictor.load(
                 args.model, args.task, device=getattr(args, "device", "cpu"), dtype=getattr(args, "dtype", "auto"),
                 backend=getattr(args, "backend", None), max_length=getattr(args, "max_length", None),
                 stride=getattr(args, "stride", None), batch_size=getattr(args, "batch_size", 8),
                 progress=not args.no_progress and dist.is_main, local_rank=dist.local_rank, revision=args.revision,
                 pooling=getattr(args, "pooling", None))
-            return predictor.run(dist.shard(docs), top_k=getattr(args, "top_k", 5),
-                                 pooling=getattr(args, "pooling", "pooled"),
-                                 max_answer_length=getattr(args, "max_answer_length", 30))
+            return []
 
-        records = dist.run_and_gather(work)
+        if todo:
+            dist.run_and_gather(load)
+        for start in range(0, len(todo), args.chunk_size):
+            chunk = todo[start : start + args.chunk_size]
+            desc = args.task if len(todo) <= args.chunk_size else (
+                f"{args.task} {chunk[0].index + 1}-{chunk[-1].index + 1}/{len(docs)}")
+            records = dist.run_and_gather(lambda: predictor.run(
+                dist.shard(chunk), top_k=getattr(args, "top_k", 5), pooling=getattr(args, "pooling", "pooled"),
+                max_answer_length=getattr(args, "max_answer_length", 30), desc=desc))
+            if dist.is_main:
+                out.write(sorted(records, key=lambda r: r["index"]))
         if dist.is_main:
-            records.sort(key=lambda r: r["index"])
-            write_jsonl(records, args.output)
+            out.finish()
         return 0
+    except BaseException as e:
+        note = out.abort() if out is not None else None
+        if note:
+            e.add_note(note)
+        raise
     finally:
         dist.close()
 
@@ -301,10 +334,11 @@ def _info(args) -> int:
 
 
 def _one_line(e: BaseException) -> str:
+    """An exception's message and notes (``add_note``) on one line."""
     text = " ".join(str(e).split())
     if isinstance(e, KeyError):
         text = f"missing key {text}"
-    return text or type(e).__name__
+    return "; ".join([text or type(e).__name__, *(" ".join(n.split()) for n in getattr(e, "__notes__", ()))])
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -328,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
         where = " ".join([PROG, args.command] + ([args.bench_command] if args.command == "bench" else []))
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"{where}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{where}: interrupted" + "".join(f"; {n}" for n in getattr(e, "__notes__", ())), file=sys.stderr)
         return 130
     except BaseException as e:  # noqa: BLE001 - sorted below
         is_oom = type(e).__name__ == "OutOfMemoryError"

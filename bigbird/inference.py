@@ -4,7 +4,7 @@ What lives here (``bigbird.cli`` only parses arguments and prints):
 
 * **Inputs** -- :func:`read_documents` turns inline texts, files (one document each) and JSONL files
   (one document per line, text in a named field) into :class:`Document` objects, in that order, and
-  rejects missing, unreadable and empty inputs with an :class:`InputError`.
+  rejects missing, unreadable, empty, non-UTF-8 and malformed inputs with an :class:`InputError`.
 * **Windows** -- a document longer than ``max_length`` tokens (special tokens included) is split into
   windows of content tokens that overlap by at least ``stride`` tokens (:func:`window_spans`; the last
   window is moved back so that it is full length and ends at the document's end). Results are merged
@@ -21,6 +21,10 @@ What lives here (``bigbird.cli`` only parses arguments and prints):
 * **Distribution** -- under ``torchrun`` (``WORLD_SIZE > 1``), :class:`Distributed` initialises
   ``torch.distributed`` (gloo on CPU, nccl on CUDA); each rank takes every ``world_size``-th document
   and rank 0 gathers the records (``all_gather_object``) and returns them in input order.
+* **Output** -- :class:`JsonlOutput` writes the records as JSON lines (never bare ``NaN``: a
+  non-finite result is an :class:`InputError` naming its document) to stdout, or to a file through
+  ``FILE.partial``: checked before any work, appended to as records finish, renamed over ``FILE`` at
+  the end, kept after a failure for a resumed run to continue.
 
 Positions ("document token positions") index the ids the ``tokens`` task returns for the document:
 ``[CLS] content [SEP]``, so the first content token is at position 1.
@@ -34,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -59,11 +64,13 @@ __all__ = [
     "Distributed",
     "Progress",
     "Predictor",
-    "write_jsonl",
+    "JsonlOutput",
 ]
 
 TASKS = ("fill-mask", "embed", "classify", "qa", "tokens")
 POOLINGS = ("pooled", "mean")
+RECORD_KEYS = {"fill-mask": "masks", "embed": "embedding", "classify": "logits", "qa": "answer", "tokens": "ids"}
+PARTIAL_SUFFIX = ".partial"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -99,20 +106,97 @@ class Document:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_text(path: str, what: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} {path!r} does not exist")
-    if p.is_dir():
-        raise InputError(f"{what} {path!r} is a directory, expected a file")
+def _check_text(text: str, where: str, *, argv: bool = False) -> str:
+    """``text`` if it is valid Unicode (encodable as UTF-8); else an :class:`InputError` naming ``where``.
+
+    A Python ``str`` can hold lone surrogates: from a JSON ``\\ud800`` escape, or (``argv``: a
+    command-line argument) from bytes that are not UTF-8, decoded to U+DC80..U+DCFF. Neither can be
+    tokenized nor written out.
+    """
     try:
-        return p.read_text(encoding="utf-8")
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        what = (f"byte 0x{code - 0xDC00:02x}, which is not UTF-8," if argv and 0xDC80 <= code <= 0xDCFF
+                else f"a lone surrogate U+{code:04X}")
+        raise InputError(f"{where} holds {what} at character {e.start}; give valid UTF-8 text") from None
+    return text
+
+
+def _display(path: str) -> str:
+    """A path as printable text: the bytes of a file name that are not UTF-8 are shown as ``\\xNN``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _read_text(path: str, what: str) -> str:
+    """The UTF-8 text of file ``path`` (``-``: standard input), without a leading byte-order mark."""
+    name = "<stdin>" if path == "-" else _display(path)
+    if path == "-":
+        if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream (in Python)
+            return _check_text(sys.stdin.read(), name)
+        data = sys.stdin.buffer.read()
+    else:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise InputError(f"{what} {name!r} does not exist")
+        if p.is_dir():
+            raise InputError(f"{what} {name!r} is a directory, expected a file")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read {what} {name!r}: {e.strerror or e}") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{what} {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+        raise InputError(f"{what} {name!r} is not UTF-8 text ({e.reason} at byte {e.start + skip})") from None
+
+
+def _jsonl_lines(content: str):
+    """``(line_number, line)`` of the non-blank lines of JSONL ``content``.
+
+    Lines end at ``\\n`` only (a ``\\r`` before it is dropped): U+2028, U+2029 and U+0085, which
+    ``str.splitlines`` would also split at, are legal inside JSON strings. Blank lines (JSON whitespace
+    only) are skipped but counted.
+    """
+    for line_no, line in enumerate(content.split("\n"), start=1):
+        if line.strip(" \t\r"):
+            yield line_no, line.removesuffix("\r")
+
+
+def _parse_jsonl_line(line: str, where: str, field: str, question_field: str | None):
+    """``(text, question, extra)`` of one JSONL line (see :func:`read_documents`)."""
+    def refuse(constant: str):
+        raise InputError(f"{where}: {constant} is not valid JSON")
+
+    try:
+        obj = json.loads(line, parse_constant=refuse)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if field not in obj:
+        raise InputError(f"{where}: no field {field!r} (choose another with --field)")
+    text = obj[field]
+    if not isinstance(text, str):
+        raise InputError(f"{where}: field {field!r} must be a string, got {type(text).__name__}")
+    _check_text(text, f"{where}: field {field!r}")
+    q = obj.get(question_field) if question_field else None
+    if q is not None:
+        if not isinstance(q, str):
+            raise InputError(f"{where}: field {question_field!r} must be a string, got {type(q).__name__}")
+        _check_text(q, f"{where}: field {question_field!r}")
+    extra = {}
+    if "id" in obj:  # copied to the output record
+        try:
+            id_json = json.dumps(obj["id"], ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise InputError(f"{where}: field 'id' holds a number out of range (1e999 reads as infinity)") from None
+        _check_text(id_json, f"{where}: field 'id'")
+        extra["id"] = obj["id"]
+    return text, q, extra
 
 
 def read_documents(
@@ -128,8 +212,10 @@ def read_documents(
     every non-blank line of each ``jsonl`` file (a JSON object whose ``field`` holds the text; its
     ``id`` is copied to the output, and its ``question_field`` overrides ``question``).
 
-    ``"-"`` as a file or JSONL path reads standard input. Raises :class:`InputError` when nothing is
-    given, a file is missing or unreadable, a document is empty, or a JSONL line is not an object
+    Files are UTF-8 (a leading byte-order mark is dropped); JSONL lines end at ``\\n`` (``\\r\\n``
+    too) and are numbered from 1, blank lines included. ``"-"`` as a file or JSONL path reads
+    standard input. Raises :class:`InputError` when nothing is given, a file is missing, unreadable or
+    not UTF-8, a text holds lone surrogates, a document is empty, or a JSONL line is not a JSON object
     with a string ``field``.
     """
     docs: list[Document] = []
@@ -139,33 +225,21 @@ def read_documents(
             raise InputError(f"{source} is empty: nothing to process")
         docs.append(Document(len(docs), text, source, q if q is not None else question, extra or {}))
 
+    if question is not None:
+        _check_text(question, "--question", argv=True)
     for i, t in enumerate(texts):
-        add(t, f"text[{i}]")
+        add(_check_text(t, f"text[{i}]", argv=True), f"text[{i}]")
     for path in files:
-        add(_read_text(path, "file"), "<stdin>" if path == "-" else path)
+        text = _read_text(path, "file").replace("\r\n", "\n").replace("\r", "\n")  # universal newlines
+        add(text, "<stdin>" if path == "-" else _display(path))
     for path in jsonl:
         content = _read_text(path, "JSONL file")
-        name = "<stdin>" if path == "-" else path
+        name = "<stdin>" if path == "-" else _display(path)
         n_before = len(docs)
-        for line_no, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
+        for line_no, line in _jsonl_lines(content):
             where = f"{name}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            if field not in obj:
-                raise InputError(f"{where}: no field {field!r} (choose another with --field)")
-            if not isinstance(obj[field], str):
-                raise InputError(f"{where}: field {field!r} must be a string, got {type(obj[field]).__name__}")
-            q = obj.get(question_field) if question_field else None
-            if q is not None and not isinstance(q, str):
-                raise InputError(f"{where}: field {question_field!r} must be a string")
-            extra = {"id": obj["id"]} if "id" in obj else {}
-            add(obj[field], where, q, extra)
+            text, q, extra = _parse_jsonl_line(line, where, field, question_field)
+            add(text, where, q, extra)
         if len(docs) == n_before:
             raise InputError(f"JSONL file {name!r} is empty: no documents in it")
     if not docs:
@@ -449,22 +523,33 @@ class Distributed:
             return list(fn())
         import torch.distributed as dist
 
-        try:
-            items, failure, error = list(fn()), None, None
-        except Exception as e:  # noqa: BLE001 - reported to every rank below
-            items, error = None, e
-            failure = (isinstance(e, InputError), f"{type(e).__name__}: {' '.join(str(e).split())}")
+        items, error = _attempt(lambda: list(fn()))
         parts: list = [None] * self.world_size
-        dist.all_gather_object(parts, (items, failure))
+        dist.all_gather_object(parts, (items, _describe(error)))
         if error is not None:
             raise error
-        for rank, (_, fail) in enumerate(parts):
-            if fail is not None:
-                is_input, message = fail
-                raise (InputError if is_input else RuntimeError)(f"rank {rank} failed: {message}")
+        for rank, (_, failure) in enumerate(parts):
+            _raise_failure(rank, failure)
         if not self.is_main:
             return None
         return [x for part, _ in parts for x in part]
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 only and return its (picklable) result on every rank. If it raises,
+        every rank raises: rank 0 its own exception, the others one naming rank 0 (as
+        :meth:`run_and_gather`)."""
+        if self.world_size == 1:
+            return fn()
+        import torch.distributed as dist
+
+        value, error = _attempt(fn) if self.is_main else (None, None)
+        box = [(value, _describe(error))]
+        dist.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        value, failure = box[0]
+        _raise_failure(0, failure)
+        return value
 
     def close(self) -> None:
         if self.initialised_here:
@@ -478,6 +563,27 @@ class Distributed:
                 finally:
                     dist.destroy_process_group()
             self.initialised_here = False
+
+
+def _attempt(fn: Callable[[], Any]) -> tuple[Any, Exception | None]:
+    """``(fn(), None)``, or ``(None, exception)`` when ``fn`` raises an ``Exception``."""
+    try:
+        return fn(), None
+    except Exception as e:  # noqa: BLE001 - reported to every rank by the caller
+        return None, e
+
+
+def _describe(error: Exception | None) -> tuple[bool, str] | None:
+    """A picklable summary of a rank's failure: (is an input error, "Type: message")."""
+    if error is None:
+        return None
+    return isinstance(error, InputError), f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _raise_failure(rank: int, failure: tuple[bool, str] | None) -> None:
+    if failure is not None:
+        is_input, message = failure
+        raise (InputError if is_input else RuntimeError)(f"rank {rank} failed: {message}")
 
 
 class Progress:
@@ -540,6 +646,25 @@ def _model_class(task: str):
         "classify": heads.BigBirdForSequenceClassification,
         "qa": heads.BigBirdForQuestionAnswering,
     }[task]
+
+
+_TASK_HEADS = {"fill-mask": "cls", "embed": "pooler", "classify": "classifier", "qa": "qa_classifier"}
+_UNUSED_WEIGHTS = {"classify": ("bert.pooler.*",)}  # weights a task's model has but never uses
+_PYTHON_HINT = re.compile(r"\b(allow_missing|ignore_unexpected)=")
+
+
+def _missing_head_message(model: str, task: str, keys: list[str]) -> str:
+    """Why ``bigbird TASK`` cannot use checkpoint ``model``, whose ``keys`` (of the task's head) are missing
+    or mis-shaped, and what to do instead -- in terms of the command line."""
+    if task == "embed":
+        return (f"--model {_display(model)!r} has no pooler weights ({keys[0]}, ...): use --pooling mean, which "
+                "needs none")
+    what = f"--model {_display(model)!r} has no weights for the {task} head ({keys[0]}, ...)"
+    if task == "fill-mask":
+        return f"{what}: fill-mask needs a pretrained (masked-LM) checkpoint"
+    return (f"{what}: `bigbird {task}` needs a checkpoint fine-tuned for {task}, and the command line cannot "
+            "start a new head (its outputs would be random); fine-tune one in Python and save it, or use "
+            "`bigbird embed` for features from this checkpoint")
 
 
 class Predictor:
@@ -605,15 +730,21 @@ class Predictor:
         if cfg.vocab_size < tokenizer.vocab_size:
             raise InputError(f"the tokenizer in {str(tokenizer_folder)!r} has {tokenizer.vocab_size} ids but the model "
                              f"only {cfg.vocab_size}")
-        if task == "embed" and pooling == "mean":
-            overrides["allow_missing"] = ("pooler.*",)  # a pooler that mean pooling never uses
+        head = _TASK_HEADS[task]
         try:
-            net = _model_class(task).from_pretrained(folder, dtype=dt, device=dev, **overrides).eval()
-        except ValueError as e:
-            if task == "embed" and "pooler" in str(e) and "missing" in str(e):
-                raise InputError("this checkpoint has no pooler weights (a question-answering model?): "
-                                 "use --pooling mean") from e
-            raise
+            net, info = _model_class(task).from_pretrained(
+                folder, dtype=dt, device=dev, allow_missing=(f"{head}.*", *_UNUSED_WEIGHTS.get(task, ())),
+                output_loading_info=True, **overrides)
+        except ValueError as e:  # keys that do not fit: drop the loader's hints, which name Python arguments
+            lines = [line.strip() for line in str(e).splitlines() if not _PYTHON_HINT.search(line)]
+            if len(lines) == len(str(e).splitlines()):
+                raise
+            raise InputError(" ".join(lines) + f"; the command line cannot adapt this checkpoint to `bigbird {task}`"
+                             ) from e
+        fresh = [k for k in info["missing_keys"] if k.startswith(f"{head}.")]
+        if fresh and not (task == "embed" and pooling == "mean"):  # mean pooling never uses the pooler
+            raise InputError(_missing_head_message(model, task, fresh))
+        net.eval()
         return cls(task, tokenizer, net, device=dev, dtype=dt, max_length=max_length, stride=stride,
                    batch_size=batch_size, progress=progress)
 
@@ -686,26 +817,28 @@ class Predictor:
     # -- tasks -------------------------------------------------------------------------------------
 
     def run(self, docs: Sequence[Document], *, top_k: int = 5, pooling: str = "pooled",
-            max_answer_length: int = 30) -> list[dict]:
-        """One record per document, in the order of ``docs``."""
+            max_answer_length: int = 30, desc: str | None = None) -> list[dict]:
+        """One record per document, in the order of ``docs``. ``desc`` labels the progress bar
+        (default: the task)."""
         if not docs:
             return []
+        desc = desc or self.task
         if self.task == "tokens":
             records = self._tokens(docs)
         elif self.task == "fill-mask":
             if top_k < 1:
                 raise InputError(f"--top-k must be >= 1, got {top_k}")
-            records = self._fill_mask(docs, top_k)
+            records = self._fill_mask(docs, top_k, desc)
         elif self.task == "embed":
             if pooling not in POOLINGS:
                 raise InputError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
-            records = self._embed(docs, pooling)
+            records = self._embed(docs, pooling, desc)
         elif self.task == "classify":
-            records = self._classify(docs)
+            records = self._classify(docs, desc)
         else:
             if max_answer_length < 1:
                 raise InputError(f"--max-answer-length must be >= 1, got {max_answer_length}")
-            records = self._qa(docs, max_answer_length)
+            records = self._qa(docs, max_answer_length, desc)
         return [{"index": d.index, **d.extra, "source": d.source, **r} for d, r in zip(docs, records)]
 
     def _tokens(self, docs):
@@ -716,7 +849,7 @@ class Predictor:
             out.append({"num_tokens": len(ids), "ids": ids, "tokens": tok.convert_ids_to_tokens(ids)})
         return out
 
-    def _fill_mask(self, docs, top_k):
+    def _fill_mask(self, docs, top_k, desc):
         import torch
 
         tok = self.tokenizer
@@ -758,7 +891,7 @@ class Predictor:
                 res[b].append((scores[n], top[n]))
             return res
 
-        results = self._run_rows(rows, fn, "fill-mask")
+        results = self._run_rows(rows, fn, desc)
         for r, js, res in zip(rows, wanted, results):
             for j, (scores, ids) in zip(js, res):
                 per_doc[r.doc]["masks"][j] = {
@@ -773,7 +906,7 @@ class Predictor:
             rec["masks"] = [rec["masks"][j] for j in sorted(rec["masks"])]
         return per_doc
 
-    def _embed(self, docs, pooling):
+    def _embed(self, docs, pooling, desc):
         encs = self._encode([d.text for d in docs])
         rows = [w for i, enc in enumerate(encs) for w in self._windows(i, list(enc.ids))]
         if pooling == "pooled" and getattr(self.model, "pooler", None) is None:
@@ -788,7 +921,7 @@ class Predictor:
                 vec = (out.last_hidden_state.float() * m).sum(1) / m.sum(1)
             return list(vec.cpu())
 
-        vecs = self._run_rows(rows, fn, "embed")
+        vecs = self._run_rows(rows, fn, desc)
         sums: dict[int, Any] = {}
         weights: dict[int, int] = {}
         counts: dict[int, int] = {}
@@ -804,7 +937,7 @@ class Predictor:
                         "dim": int(vec.numel()), "embedding": vec.tolist()})
         return out
 
-    def _classify(self, docs):
+    def _classify(self, docs, desc):
         import torch
 
         encs = self._encode([d.text for d in docs])
@@ -813,7 +946,7 @@ class Predictor:
         def fn(ids, mask, _rows):
             return list(self.model(input_ids=ids, attention_mask=mask).logits.float().cpu())
 
-        logits = self._run_rows(rows, fn, "classify")
+        logits = self._run_rows(rows, fn, desc)
         per_doc: dict[int, list] = {}
         for r, lg in zip(rows, logits):
             per_doc.setdefault(r.doc, []).append(lg)
@@ -837,7 +970,7 @@ class Predictor:
             out.append(rec)
         return out
 
-    def _qa(self, docs, max_answer_length):
+    def _qa(self, docs, max_answer_length, desc):
         for d in docs:
             if d.question is None or not d.question.strip():
                 raise InputError(f"{d.source} has no question: give --question (or a 'question' field in JSONL)")
@@ -854,7 +987,7 @@ class Predictor:
                 res.append(_best_span(start[b, r.offset : r.offset + n], end[b, r.offset : r.offset + n], max_answer_length))
             return res
 
-        spans = self._run_rows(rows, fn, "qa")
+        spans = self._run_rows(rows, fn, desc)
         best: dict[int, tuple] = {}
         counts: dict[int, int] = {}
         for r, (score, i, j) in zip(rows, spans):
@@ -917,19 +1050,165 @@ def _mlm_logits_at(model, ids, mask, b_idx: list[int], p_idx: list[int]):
 # ------------------------------------------------------------------------------------------------
 
 
-def write_jsonl(records: Iterable[dict], path: str | None = None) -> None:
-    """JSON lines to ``path`` (``None`` or ``-``: standard output)."""
-    if path in (None, "-"):
-        for rec in records:
-            sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        return
-    p = Path(path).expanduser()
-    if p.parent and not p.parent.exists():
-        raise InputError(f"output folder {str(p.parent)!r} does not exist")
+def _non_finite_at(value, path: str = "") -> str | None:
+    """The path (``masks[0].predictions[2].score``) of the first NaN or infinity in a record, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite_at(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found is not None:
+            return found.lstrip(".")
+    return None
+
+
+def _json_line(record: dict) -> str:
+    """One JSON line; a record holding NaN or infinity (not JSON) is an :class:`InputError` naming its
+    document and the value."""
     try:
-        with p.open("w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    except IsADirectoryError:
-        raise InputError(f"--output {path!r} is a directory") from None
+        return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        raise InputError(f"{record['source']}: the model gave a non-finite value (NaN or infinity) in "
+                         f"{_non_finite_at(record)}, which JSON cannot hold; the document's record is not written "
+                         "(a float16 overflow? try --dtype float32)") from None
+
+
+class JsonlOutput:
+    """Where the records go, one JSON line each: standard output, or a file written safely.
+
+    A file ``PATH`` is written as ``PATH.partial`` in the same folder, finished records appended and
+    flushed as they come (:meth:`write`), and renamed over ``PATH`` at the end (:meth:`finish`), so an
+    existing ``PATH`` stays untouched until the run has succeeded. After a failed or interrupted run
+    :meth:`abort` keeps the partial file if it holds records (and says how to resume); opened with
+    ``resume=True``, an existing partial file is checked against the documents and continued
+    (:meth:`resume_point`).
+
+    Opening checks the destination before any work: its folder exists and is writable (the partial
+    file is created there), it is not a directory or another non-regular file, and no partial file of
+    an earlier run is in the way. ``task`` names the subcommand (its records' key is checked on resume).
+    """
+
+    def __init__(self, path: str | None = None, *, resume: bool = False, task: str | None = None):
+        self.count = 0  # records in the output so far, those of a resumed run included
+        self.task = task
+        self.path = self.partial = self._file = None
+        self._created = False
+        if path in (None, "-"):
+            if resume:
+                raise InputError("--resume needs --output FILE (a run written to standard output cannot be resumed)")
+            return
+        name = _display(str(path))
+        self.path = Path(path).expanduser()
+        if self.path.is_symlink():  # replace the file it points to, not the link
+            self.path = self.path.resolve()
+        folder = self.path.parent
+        if self.path.is_dir():
+            raise InputError(f"--output {name!r} is a directory")
+        if not folder.exists():
+            raise InputError(f"--output folder {_display(str(folder))!r} does not exist")
+        if not folder.is_dir():
+            raise InputError(f"--output folder {_display(str(folder))!r} is not a directory")
+        if self.path.exists() and not self.path.is_file():
+            raise InputError(f"--output {name!r} is not a regular file (leave --output out for standard output)")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise InputError(f"--output {name!r} is read-only")
+        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        shown = _display(str(self.partial))
+        resuming = resume and self.partial.is_file()
+        if self.partial.exists() and not resuming:
+            raise InputError(f"{shown!r} holds the records of an unfinished (or still running) run: add --resume to "
+                             "continue it, or delete it to start over")
+        try:
+            self._file = open(self.partial, "r+b" if resuming else "xb")  # noqa: SIM115 - closed by finish/abort
+        except OSError as e:
+            raise InputError(f"cannot write --output {name!r}: cannot create {shown!r}: {e.strerror or e}") from None
+        self._created = not resuming
+
+    def resume_point(self, docs: Sequence[Document]) -> int:
+        """How many leading ``docs`` the resumed partial file already holds records of (0 when not
+        resuming); later records are appended after them. An incomplete last line (a write cut short)
+        is dropped. Raises :class:`InputError` when a record does not belong to the document at its
+        position (another input or another subcommand)."""
+        if self._file is None or self._created:
+            return 0
+        shown = _display(str(self.partial))
+        data = self._file.read()
+        end = data.rfind(b"\n") + 1
+        lines = data[:end].split(b"\n")[:-1]
+        key = RECORD_KEYS.get(self.task)
+        if len(lines) > len(docs):
+            raise InputError(f"--resume: {shown!r} holds {len(lines)} records but this input only {len(docs)} "
+                             "documents; resume with the same inputs, or delete it to start over")
+        for k, (line, doc) in enumerate(zip(lines, docs)):
+            try:
+                rec = json.loads(line)
+            except (ValueError, RecursionError):
+                rec = None
+            if (not isinstance(rec, dict) or rec.get("index") != doc.index or rec.get("source") != doc.source
+                    or rec.get("id") != doc.extra.get("id") or (key is not None and key not in rec)):
+                raise InputError(f"--resume: line {k + 1} of {shown!r} is not the {self.task} record of document "
+                                 f"{doc.index} ({doc.source}); resume with the same inputs and subcommand, or delete "
+                                 "it to start over")
+        self._file.seek(end)
+        self._file.truncate()
+        self.count = len(lines)
+        return len(lines)
+
+    def write(self, records: Iterable[dict]) -> None:
+        """Append ``records`` (flushed). A record holding NaN or infinity raises :class:`InputError`
+        after the records before it are written."""
+        lines, error = [], None
+        for rec in records:
+            try:
+                lines.append(_json_line(rec))
+            except InputError as e:
+                error = e
+                break
+        text = "".join(lines)
+        if self.path is None:
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except BrokenPipeError:  # e.g. `bigbird ... | head`
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+                raise InputError("standard output was closed before every record was written") from None
+        else:
+            try:
+                self._file.write(text.encode("utf-8"))
+                self._file.flush()
+            except OSError as e:
+                raise InputError(f"cannot write {_display(str(self.partial))!r}: {e.strerror or e}") from None
+        self.count += len(lines)
+        if error is not None:
+            raise error
+
+    def finish(self) -> None:
+        """Rename the complete partial file over the output file (nothing to do for standard output)."""
+        if self._file is None:
+            return
+        try:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            os.replace(self.partial, self.path)
+        except OSError as e:
+            raise InputError(f"cannot write --output {_display(str(self.path))!r}: {e.strerror or e}") from None
+
+    def abort(self) -> str | None:
+        """Close after a failed or interrupted run. Returns a note for the error message when the partial
+        file is kept (it holds finished records); a partial file this run created empty is removed."""
+        if self.partial is None:
+            return None
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the run has failed already; that error is the one to report
+            self._file = None
+        if self.count == 0 and self._created:
+            self.partial.unlink(missing_ok=True)
+        if self.count == 0 or not self.partial.exists():
+            return None
+        kept = "1 finished record is" if self.count == 1 else f"{self.count} finished records are"
+        return (f"{kept} kept in {_display(str(self.partial))!r}: run the same command with --resume to continue "
+                "after them")

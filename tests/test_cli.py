@@ -400,18 +400,20 @@ def test_subprocess_python_m_bigbird(ckpt, words, tmp_path):
 
 
 def test_torchrun_two_gloo_processes_equal_single_process(capsys, ckpt, words, tmp_path):
-    texts = [_text(_doc(words, n, 20 + n)) for n in (15, 120, 300, 40, 75)]
+    """Two processes give the records of one, chunk by chunk, resuming the partial output of a single-process run."""
+    texts = [_text(_doc(words, n, 20 + n)) for n in (15, 120, 300, 40, 75, 30, 90)]
     args = ["embed", "--model", ckpt["mlm"], "--pooling", "mean", "--max-length", 96, "--batch-size", 2,
-            *sum((["--text", t] for t in texts), [])]
+            "--chunk-size", 2, *sum((["--text", t] for t in texts), [])]
     single = records(capsys, *args)
     out = tmp_path / "dist.jsonl"
+    (tmp_path / "dist.jsonl.partial").write_text("".join(json.dumps(r) + "\n" for r in single[:2]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "bigbird", *map(str, args), "--output", str(out), "--no-progress"]
+           "-m", "bigbird", *map(str, args), "--output", str(out), "--no-progress", "--resume"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert proc.stdout.strip() == ""  # rank 0 wrote the file, nobody printed records
     dist = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["index"] for r in dist] == list(range(len(texts)))
+    assert [r["index"] for r in dist] == list(range(len(texts))) and not (tmp_path / "dist.jsonl.partial").exists()
     for a, b in zip(dist, single):
         assert (a["source"], a["num_tokens"], a["num_windows"]) == (b["source"], b["num_tokens"], b["num_windows"])
         _close(a["embedding"], b["embedding"])
