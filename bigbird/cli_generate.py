@@ -44,7 +44,10 @@ def add_generate_parser(sub, formatter_class=argparse.RawDescriptionHelpFormatte
     s.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of this probability")
     s.add_argument("--seed", type=int, default=None, help="seed of the sampling generator (reproducible runs)")
     o = p.add_argument_group("output")
-    o.add_argument("--output", "-o", metavar="PATH", help="write the JSON lines here instead of stdout")
+    o.add_argument("--output", "-o", metavar="PATH",
+                   help="write the JSON lines here instead of stdout (as PATH.partial, renamed at the end)")
+    o.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from PATH.partial (same inputs), skipping its finished prompts")
     p.set_defaults(func=run_generate)
 
 
@@ -64,23 +67,35 @@ def _load(folder: Path, device, dtype):
 
 
 def run_generate(args) -> int:
-    """Run ``bigbird generate`` (see the module docstring); returns the exit code."""
-    import torch
-
-    from .encoder_decoder import BigBirdEncoderDecoderModel
-    from .inference import (
-        InputError,
-        load_tokenizer,
-        read_documents,
-        resolve_device,
-        resolve_dtype,
-        resolve_model_dir,
-        write_jsonl,
-    )
+    """Run ``bigbird generate`` (see the module docstring); returns the exit code. The output is
+    written as the other subcommands write theirs (:class:`bigbird.inference.JsonlOutput`): checked
+    before any work, batch by batch, resumable with ``--resume``."""
+    from .inference import InputError, JsonlOutput, read_documents
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    docs = read_documents(args.text, args.file)
+    out = JsonlOutput(args.output, resume=args.resume, task="generate")  # checked before any work
+    try:
+        docs = read_documents(args.text, args.file)
+        todo = docs[out.resume_point(docs):]
+        if todo:
+            _generate(args, todo, out)
+        out.finish()
+        return 0
+    except BaseException as e:
+        note = out.abort()
+        if note:
+            e.add_note(note)
+        raise
+
+
+def _generate(args, docs, out) -> None:
+    """Generate for ``docs`` batch by batch, writing each batch's records to ``out`` as it finishes."""
+    import torch
+
+    from .encoder_decoder import BigBirdEncoderDecoderModel
+    from .inference import load_tokenizer, resolve_device, resolve_dtype, resolve_model_dir
+
     folder, tok_folder = resolve_model_dir(args.model, revision=args.revision)
     tok = load_tokenizer(tok_folder)
     device = resolve_device(args.device)
@@ -91,7 +106,6 @@ def run_generate(args) -> int:
     eos_set = {eos} if isinstance(eos, int) else set(eos or ())
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
 
-    records = []
     for start in range(0, len(docs), args.batch_size):
         batch = docs[start:start + args.batch_size]
         prompts = [[tok.cls_token_id, *tok.encode(d.text, add_special_tokens=False)] + ([tok.sep_token_id] if seq2seq else [])
@@ -104,15 +118,14 @@ def run_generate(args) -> int:
             cols = slice(width - len(p), width) if not seq2seq else slice(0, len(p))
             ids[row, cols] = torch.tensor(p)
             mask[row, cols] = 1
-        out = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=args.max_new_tokens,
-                             do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, generator=generator)
-        new = out[:, 1 if seq2seq else width:].tolist()
-        for d, p, row in zip(batch, prompts, new):
+        generated = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=args.max_new_tokens,
+                                   do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, generator=generator)
+        records = []
+        for d, p, row in zip(batch, prompts, generated[:, 1 if seq2seq else width:].tolist()):
             cut = next((i for i, t in enumerate(row) if t in eos_set), None)
             kept = row if cut is None else row[:cut]
             records.append({"index": d.index, "source": d.source, "num_prompt_tokens": len(p),
                             "num_new_tokens": len(kept), "ids": kept,
                             "text": tok.decode(kept, skip_special_tokens=True), "finished": cut is not None})
-    write_jsonl(records, args.output)
-    return 0
+        out.write(records)

@@ -69,9 +69,9 @@ __all__ = [
 
 TASKS = ("fill-mask", "embed", "classify", "qa", "tokens")
 POOLINGS = ("pooled", "mean")
-RECORD_KEYS = {"fill-mask": "masks", "embed": "embedding", "classify": "logits", "qa": "answer", "tokens": "ids"}
+RECORD_KEYS = {"fill-mask": "masks", "embed": "embedding", "classify": "logits", "qa": "answer", "tokens": "ids",
+               "generate": "ids"}
 PARTIAL_SUFFIX = ".partial"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -380,10 +380,6 @@ def check_backend(name: str, device, dtype, head_dim: int = 64, block_size: int 
     return name
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~")) and ".." not in name
-
-
 def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -410,15 +406,16 @@ def resolve_model_dir(name: str, *, need_weights: bool = True, revision: str | N
         elif not any((p / t).is_file() for t in _TOKENIZER_FILES[:2]):
             raise InputError(f"directory {name!r} holds no tokenizer (no tokenizer.json or spiece.model)")
         return p, p
-    if not _looks_like_hub_id(name):
+    from .checkpoint import looks_like_local_path
+
+    if looks_like_local_path(name):  # never looked up on the hub
         raise InputError(f"model directory {name!r} does not exist")
     return _fetch_from_hub(name, need_weights=need_weights, revision=revision)
 
 
 def _fetch_from_hub(name: str, *, need_weights: bool, revision: str | None) -> tuple[Path, Path]:
     """Tokenizer files (and config + weights) of hub model ``name``; returns their snapshot folders."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from .checkpoint import resolve_checkpoint_dir, resolve_hub_files
 
     offline = _offline()
 
@@ -429,24 +426,11 @@ def _fetch_from_hub(name: str, *, need_weights: bool, revision: str | None) -> t
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return InputError(f"cannot fetch model {name!r} from the Hugging Face hub: {first}")
 
-    folder = None
-    for filename in _TOKENIZER_FILES:
-        try:
-            folder = Path(hf_hub_download(name, filename, revision=revision, local_files_only=offline)).parent
-        except LocalEntryNotFoundError as e:
-            if filename == _TOKENIZER_FILES[-1] and folder is None:
-                raise fail(e) from None
-        except EntryNotFoundError:
-            continue  # the repository exists but has no such file
-        except (OSError, ValueError) as e:  # no such repository, no network, bad id, ...
-            raise fail(e) from None
-    if folder is None:
-        raise InputError(f"hub model {name!r} has no tokenizer files (tokenizer.json or spiece.model)")
-    if not need_weights:
-        return folder, folder
-    from .checkpoint import resolve_checkpoint_dir
-
     try:
+        folder = resolve_hub_files(name, _TOKENIZER_FILES[:2], _TOKENIZER_FILES[2:], revision=revision,
+                                   local_files_only=offline)
+        if not need_weights:
+            return folder, folder
         return resolve_checkpoint_dir(name, revision=revision, local_files_only=offline), folder
     except (OSError, ValueError) as e:
         raise fail(e) from None

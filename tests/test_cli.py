@@ -25,11 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from resources import REAL_VOCAB
+
 from bigbird.cli import main
 from bigbird.inference import InputError, plan_batches, window_spans
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bigbird_vocab" / "gpt2.model"
 GPL = Path("/usr/share/common-licenses/GPL-3")
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "bo", "fe", "gu", "ha", "jo", "ze", "wa", "py", "qu", "xi", "vo"]

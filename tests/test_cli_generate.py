@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -91,3 +93,44 @@ def test_generate_bad_input_is_one_line(capsys, lm_dir, words, extra, message):
     code, out, err = run_cli(capsys, "generate", "--model", lm_dir, "--text", words[0], *extra)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("bigbird generate: error: ") and message in err, err
+
+
+def test_generate_output_is_written_safely_and_resumes(capsys, monkeypatch, tmp_path, lm_dir, words):
+    texts = [" ".join(words[i : i + 3]) for i in range(0, 15, 3)]  # 5 prompts
+    argv = ["generate", "--model", lm_dir, "--max-new-tokens", 4, "--batch-size", 2, "--device", "cpu"]
+    for t in texts:
+        argv += ["--text", t]
+    whole = records(capsys, *argv)
+    out = tmp_path / "gen.jsonl"
+    out.write_text("old\n")
+    # fail in the second batch: the first batch's records are kept in OUTPUT.partial, OUTPUT untouched
+    real_generate = bigbird.BigBirdForCausalLM.generate
+    calls = []
+
+    def failing_generate(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(bigbird.BigBirdForCausalLM, "generate", failing_generate)
+    code, _, err = run_cli(capsys, *argv, "-o", out)
+    assert code == 130 and err.count("\n") == 1 and "2 finished records are kept" in err and "--resume" in err, err
+    assert out.read_text() == "old\n"
+    partial = tmp_path / "gen.jsonl.partial"
+    assert [json.loads(line) for line in partial.read_text().splitlines()] == whole[:2]
+    # a second run without --resume refuses to overwrite the partial file; with --resume it completes
+    code, _, err = run_cli(capsys, *argv, "-o", out)
+    assert code == 1 and "--resume" in err
+    calls.clear()
+    monkeypatch.setattr(bigbird.BigBirdForCausalLM, "generate", real_generate)
+    code, _, err = run_cli(capsys, *argv, "-o", out, "--resume")
+    assert code == 0, err
+    assert [json.loads(line) for line in out.read_text().splitlines()] == whole and not partial.exists()
+
+
+def test_generate_output_checked_before_any_work(capsys, monkeypatch, tmp_path, lm_dir, words):
+    monkeypatch.setattr(bigbird.BigBirdForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("the model was loaded before --output was checked"))
+    code, out, err = run_cli(capsys, "generate", "--model", lm_dir, "--text", words[0], "-o", tmp_path / "no" / "x.jsonl")
+    assert code == 1 and out == "" and "does not exist" in err and err.count("\n") == 1

@@ -378,6 +378,17 @@ def test_bad_input_gets_one_line(capsys, ckpt, tmp_path, case):
     assert "allow_missing" not in line and "ignore_unexpected" not in line  # hints name CLI options only
 
 
+@pytest.mark.parametrize("name", ["{existing}/typo", ".typo", "my model", "a/b/c"])
+def test_mistyped_model_path_is_never_looked_up_on_the_hub(capsys, monkeypatch, tmp_path, name):
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("hub looked up"))
+    name = name.format(existing="runs")
+    _one_line_error(*run_cli(capsys, "tokens", "--model", name, "--text", "ka"), f"model directory {name!r} does not exist")
+
+
 @pytest.mark.parametrize("data,needle", [
     (b"ka \xff lo", "file '<stdin>' is not UTF-8 text (invalid start byte at byte 3)"),
     (b"\xef\xbb\xbf\xc3", "at byte 3"),  # the offset counts the BOM
