@@ -189,6 +189,42 @@ def test_forward_backward_matches_reference(c: Case):
         assert (grads[1][q_pad] == 0).all() and (grads[2][q_pad] == 0).all(), "padded keys must get no gradient"
 
 
+def _plant_non_finite(t, pad):
+    """``t`` with NaN, +Inf and -Inf (cycling) in the sequence positions where ``pad`` (B, S) is True."""
+    bad = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=t.dtype)
+    fill = bad[torch.arange(t.numel()) % 3].reshape(t.shape)
+    return torch.where(pad[:, None, :, None], fill, t)
+
+
+NAN_CASES = [c for c in CASES if c.id in ("seeded-r2-fp32-bs32-D32-holes-split", "allpad-row-hf-train-fp16-adversarial-split",
+                                          "D128-fp32-bs32-strided-negscale", "hf-eval-r3-fp16-bs32-D32-adversarial-split")]
+
+
+@pytest.mark.parametrize("c", NAN_CASES, ids=[c.id for c in NAN_CASES])
+def test_non_finite_padded_positions_do_not_leak(c: Case):
+    """NaN / Inf in q, k and v at padded positions only: real rows and every gradient equal the
+    reference on clean inputs (so finite), padded query rows are exactly 0 and padded keys get no
+    gradient (the kernels select, never multiply by a 0 weight)."""
+    layout = c.layout(c.H, c.nb, c.bs)
+    q, k, v, mask = _inputs(c)
+    pad = ~mask
+    assert pad.any()
+    dirty = [_plant_non_finite(t, pad) for t in (q, k, v)]
+    if c.strided:
+        dirty = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in dirty]
+    do = torch.randn(q.shape)
+    out, lse, grads = _run_triton(*dirty, layout, mask, c.scale, do, None, split=c.split)
+    o_ref, lse_ref, g_ref = _run_ref(q.float(), k.float(), v.float(), layout, mask, c.scale, do, None, upcast=True)
+    o_low, _, g_low = _run_ref(q, k, v, layout, mask, c.scale, do, None, upcast=False)
+    assert_close_by_rule(out, o_ref, o_low, c.dtype, what="out")
+    q_pad = pad[:, None, :].expand(c.B, c.H, -1)
+    assert (out[q_pad] == 0).all(), "padded query rows must be exactly 0"
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_ref))
+    for name, g, gr, gl in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
+        assert_close_by_rule(g, gr, gl, c.dtype, grad=True, what=name)
+        assert (g[q_pad] == 0).all(), f"{name} of padded positions must be exactly 0"
+
+
 # --------------------------------------------------------------------------------------------------
 # plans, poisoning, determinism, capabilities
 # --------------------------------------------------------------------------------------------------
@@ -227,6 +263,40 @@ def test_plan_tables_reproduce_the_layout(which, split):
         assert slots == list(range(len(slots)))  # each scratch slot written by exactly one program
     if split and layout.global_blocks:
         assert plan.fwd_splits > 1 and plan.bwd_splits > 1
+
+
+def test_resample_calls_copy_nothing_from_the_host(monkeypatch):
+    """``resample`` makes a new layout per call: after the first call of a size, building its plan and
+    running forward and backward make no host-to-device copy (no ``torch.tensor`` / ``torch.as_tensor``
+    of host data) and building the plan reads nothing back (no ``item`` / ``tolist`` / ``bool``)."""
+    B, H, nb, bs, D = 2, 2, 8, 16, 32
+    q, k, v = make_qkv(B, H, nb * bs, D, requires_grad=True)
+    mask = make_padding_mask(B, nb * bs, block_size=bs, kind="holes")
+    made, synced = [], []
+
+    def counting(log, fn):
+        def wrapper(*a, **kw):
+            log.append(fn.__name__)
+            return fn(*a, **kw)
+        return wrapper
+
+    for call in range(3):
+        layout = _resample(2)(H, nb, bs)
+        with monkeypatch.context() as m:
+            for name in ("tensor", "as_tensor"):
+                m.setattr(torch, name, counting(made, getattr(torch, name)))
+            with monkeypatch.context() as m2:
+                for name in ("item", "tolist", "__bool__"):
+                    m2.setattr(torch.Tensor, name, counting(synced, getattr(torch.Tensor, name)))
+                launch.get_plan(layout)
+            out = block_sparse_attention(q, k, v, layout, attention_mask=mask, backend="triton")
+            out.sum().backward()
+        assert synced == [], f"call {call}: building the plan synchronised with the host: {synced}"
+        if call == 0:
+            assert made, "the first call builds the layout-independent tables"
+        else:
+            assert made == [], f"call {call}: host-to-device copies: {made}"
+        made.clear()
 
 
 def test_poison_catches_unwritten_outputs():

@@ -186,15 +186,58 @@ def _num_splits(nb: int, width: int, which: str) -> tuple[int, int]:
     return n, per
 
 
+@dataclass(frozen=True)
+class _Static:
+    """The layout-independent parts of a plan (the only ones built from host lists)."""
+
+    glob_items: torch.Tensor  # (G * fwd_splits, 4) int64: forward items of the global query rows
+    rows: torch.Tensor  # (nb - G,) int64: the non-global blocks
+    gcols: torch.Tensor  # (G,) int64: the global blocks
+    g_slot: torch.Tensor  # (G, bwd_splits) int64: scratch slot of each dk/dv split (-1: no split)
+    glob: torch.Tensor  # (G,) int32
+
+
+_STATIC: dict = {}
+
+
+def _static_tables(nb: int, width: int, gb: tuple, nsf: int, perf: int, nsb: int, device) -> _Static:
+    """:class:`_Static` for these sizes, cached per (nb, W, global blocks, splits, device): layouts that
+    differ only in their random blocks (``resample`` makes one per call) copy nothing from the host."""
+    key = (nb, width, gb, nsf, perf, nsb, torch.device(device))
+    if not torch.compiler.is_compiling() and key in _STATIC:
+        return _STATIC[key]
+    i64 = dict(dtype=torch.int64, device=device)
+    G = len(gb)
+    items = []
+    for g, row in enumerate(gb):
+        for s in range(nsf):
+            lo = nb * width + s * perf
+            items.append((row, lo, min(lo + perf, nb * width + nb), g * nsf + s if nsf > 1 else -1))
+    g_slot = [[g * nsb + s if nsb > 1 else -1 for s in range(nsb)] for g in range(G)]
+    st = _Static(
+        glob_items=torch.tensor(items, **i64).reshape(len(items), 4),
+        rows=torch.tensor([i for i in range(nb) if i not in set(gb)], **i64),
+        gcols=torch.tensor(gb, **i64).reshape(G),
+        g_slot=torch.tensor(g_slot, **i64).reshape(G, nsb),
+        glob=torch.tensor(gb, dtype=torch.int32, device=device).reshape(G),
+    )
+    if not torch.compiler.is_compiling():
+        _STATIC[key] = st
+    return st
+
+
 def build_plan(layout) -> Plan:
-    """Tables of ``layout`` for the kernels (torch ops on the layout's device, no host sync)."""
+    """Tables of ``layout`` for the kernels: torch ops on the layout's device, with no host sync, and
+    no host-to-device copy once :func:`_static_tables` holds this layout's sizes."""
     kv = layout.kv_indices.long()
     H, nb, W = kv.shape
     dev = kv.device
     gb = tuple(layout.global_blocks)
     G = len(gb)
-    ng_rows = [i for i in range(nb) if i not in set(gb)]
     i64 = dict(dtype=torch.int64, device=dev)
+    nsf, perf = _num_splits(nb, W, "fwd")
+    nsb, perb = _num_splits(nb, W, "bwd")
+    st = _static_tables(nb, W, gb, nsf, perf, nsb, dev)
 
     # deduplicate each row's list: ascending unique blocks with their multiplicities
     n = layout.kv_num_blocks.long()
@@ -212,17 +255,11 @@ def build_plan(layout) -> Plan:
     # forward / dq lists and items
     fwd_idx = torch.cat([idx.reshape(H, nb * W), torch.arange(nb, **i64).expand(H, nb)], dim=1)
     fwd_cnt = torch.cat([cnt.reshape(H, nb * W), torch.ones(H, nb, **i64)], dim=1)
-    nsf, perf = _num_splits(nb, W, "fwd")
-    items = []
-    for g, row in enumerate(gb):
-        for s in range(nsf):
-            lo = nb * W + s * perf
-            items.append((row, lo, min(lo + perf, nb * W + nb), g * nsf + s if nsf > 1 else -1))
-    glob_items = torch.tensor(items, **i64).reshape(1, len(items), 4).expand(H, -1, -1)
-    rows = torch.tensor(ng_rows, **i64)
+    glob_items = st.glob_items[None].expand(H, -1, -1)
+    rows = st.rows
     lo = rows * W
     row_items = torch.stack(
-        [rows.expand(H, -1), lo.expand(H, -1), lo[None, :] + num[:, rows], torch.full((H, len(ng_rows)), -1, **i64)],
+        [rows.expand(H, -1), lo.expand(H, -1), lo[None, :] + num[:, rows], torch.full((H, nb - G), -1, **i64)],
         dim=-1,
     )
     fwd_items = torch.cat([glob_items, row_items], dim=1)
@@ -231,7 +268,7 @@ def build_plan(layout) -> Plan:
     ent_rows = torch.arange(nb, **i64)[None, :, None].expand(H, nb, W)
     ent_valid = slot[None, None, :] < num[..., None]
     ent_cols = torch.where(ent_valid, idx, torch.full_like(idx, nb))
-    g_rows = torch.tensor(gb, **i64).repeat_interleave(nb)  # (G * nb,)
+    g_rows = st.gcols.repeat_interleave(nb)  # (G * nb,)
     g_cols = torch.arange(nb, **i64).repeat(G)
     rows_all = torch.cat([ent_rows.reshape(H, -1), g_rows.expand(H, -1)], dim=1)
     cols_all = torch.cat([ent_cols.reshape(H, -1), g_cols.expand(H, -1)], dim=1)
@@ -244,24 +281,21 @@ def build_plan(layout) -> Plan:
 
     # a global column is read by each non-global row at most once (lists are deduplicated) and by
     # each global row once: its list has at most nb entries
-    nsb, perb = _num_splits(nb, W, "bwd")
     parts = []
     if G:
-        gcols = torch.tensor(gb, **i64)
+        gcols = st.gcols
         s_idx = torch.arange(nsb, **i64)
         g_lo = off[:, gcols][:, :, None] + s_idx[None, None, :] * perb  # (H, G, nsb)
         g_end = off[:, gcols + 1][:, :, None].expand_as(g_lo)
         g_hi = torch.minimum(g_lo + perb, g_end) if nsb > 1 else g_end
-        g_slot = (torch.arange(G, **i64)[:, None] * nsb + s_idx[None, :]) if nsb > 1 else torch.full((G, 1), -1, **i64)
+        g_slot = st.g_slot
         g_col = gcols[:, None].expand(G, nsb)
         parts.append(
             torch.stack([g_col.expand(H, G, nsb), g_lo, g_hi, g_slot.expand(H, G, nsb)], dim=-1).reshape(H, G * nsb, 4)
         )
-    cols = torch.tensor(ng_rows, **i64)
+    cols = st.rows
     parts.append(
-        torch.stack(
-            [cols.expand(H, -1), off[:, cols], off[:, cols + 1], torch.full((H, len(ng_rows)), -1, **i64)], dim=-1
-        )
+        torch.stack([cols.expand(H, -1), off[:, cols], off[:, cols + 1], torch.full((H, nb - G), -1, **i64)], dim=-1)
     )
     bwd_items = torch.cat(parts, dim=1)
 
@@ -276,7 +310,7 @@ def build_plan(layout) -> Plan:
         bwd_items=as32(bwd_items),
         bwd_idx=as32(bwd_idx),
         bwd_cnt=as32(bwd_cnt),
-        glob=torch.tensor(gb, dtype=torch.int32, device=dev).reshape(G),
+        glob=st.glob,
         fwd_splits=nsf,
         bwd_splits=nsb,
     )
