@@ -39,6 +39,7 @@ __all__ = [
     "bwd_dq_config",
     "bwd_dkdv_config",
     "launch_configs",
+    "arch_of",
     "_bigbird_attn_fwd",
     "_bigbird_attn_bwd",
 ]
@@ -74,11 +75,27 @@ def _warps(tile_m: int, tile_n: int) -> int:
 
 
 def _bwd_warps(tile_m: int, tile_n: int, head_dim: int) -> int:
-    """Backward kernels hold two fp32 accumulators (dk, dv) or dq plus recomputed tiles: head dim 128
-    with 64 x 64 tiles needs 8 warps to stay clear of register spills (ptxas -v: 255 regs + spills
-    with 4 warps)."""
+    """Backward kernels hold two fp32 accumulators (dk, dv) or dq plus recomputed tiles: on sm_80, head
+    dim 128 with 64 x 64 tiles needs 8 warps to stay clear of register spills (ptxas -v: 255 regs +
+    spills with 4 warps). Hopper uses :func:`_hopper_bwd` for 64-row tiles instead."""
     w = _warps(tile_m, tile_n)
     return min(8, 2 * w) if head_dim >= 128 else w
+
+
+def _hopper_bwd(head_dim: int, block_size: int) -> bool:
+    """On sm_90 the backward's chained dots get an MMAv3 layout with all warps on the rows: 8 warps on a
+    64-row tile make both warp groups compute the same wgmma. 64-row tiles at head dim 128 therefore
+    run on one warp group (4 warps); dk/dv then walks 32-row query sub-tiles to stay clear of spills."""
+    return head_dim >= 128 and block_size >= 64
+
+
+def arch_of(device) -> int:
+    """``10 * major + minor`` of a CUDA device (cached by torch, no synchronisation); 80 elsewhere (the
+    interpreter), so CPU runs use the sm_80 configurations."""
+    if device.type != "cuda":
+        return 80
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _stages(head_dim: int) -> int:
@@ -108,17 +125,22 @@ def fwd_config(dtype: torch.dtype, head_dim: int, block_size: int) -> KernelConf
     return KernelConfig(bm, bn, w, _stages(head_dim))
 
 
-def bwd_dq_config(dtype: torch.dtype, head_dim: int, block_size: int) -> KernelConfig:
+def bwd_dq_config(dtype: torch.dtype, head_dim: int, block_size: int, arch: int = 80) -> KernelConfig:
     if dtype == torch.float32:
         return _fp32_config(head_dim, block_size)
     bm = bn = min(block_size, 64)
+    if arch >= 90 and _hopper_bwd(head_dim, block_size):
+        return KernelConfig(bm, bn, 4, _stages(head_dim))
     return KernelConfig(bm, bn, _bwd_warps(bm, bn, head_dim), _stages(head_dim))
 
 
-def bwd_dkdv_config(dtype: torch.dtype, head_dim: int, block_size: int) -> KernelConfig:
+def bwd_dkdv_config(dtype: torch.dtype, head_dim: int, block_size: int, arch: int = 80) -> KernelConfig:
+    """``block_n`` key rows per program, ``block_m`` query rows per step."""
     if dtype == torch.float32:
         return _fp32_config(head_dim, block_size, max_dim_for_32=32)  # two accumulators: spills at 32 x 64
     bm = bn = min(block_size, 64)
+    if arch >= 90 and _hopper_bwd(head_dim, block_size):
+        return KernelConfig(32, bn, 4, _stages(head_dim))
     return KernelConfig(bm, bn, _bwd_warps(bm, bn, head_dim), _stages(head_dim))
 
 
@@ -448,7 +470,8 @@ def _bigbird_attn_bwd(dout, grad_lse, q, k, v, out, lse, attention_mask, fwd_ite
     # dq
     n_slots_f = G * fwd_splits if fwd_splits > 1 else 0
     part_dq = _alloc((max(1, B * H * n_slots_f * block_size), D), torch.float32, dev)
-    cfg = bwd_dq_config(q.dtype, D, block_size)
+    arch = arch_of(dev)
+    cfg = bwd_dq_config(q.dtype, D, block_size, arch)
     n_items = fwd_items.shape[1]
     K._bigbird_attn_bwd_dq_kernel[(n_items * (block_size // cfg.block_m) * B * H,)](
         q, k, v, dout, lse, delta, dq, part_dq, mask,
@@ -465,7 +488,7 @@ def _bigbird_attn_bwd(dout, grad_lse, q, k, v, out, lse, attention_mask, fwd_ite
     n_slots_b = G * bwd_splits if bwd_splits > 1 else 0
     part_dk = _alloc((max(1, B * H * n_slots_b * block_size), D), torch.float32, dev)
     part_dv = _alloc((max(1, B * H * n_slots_b * block_size), D), torch.float32, dev)
-    cfg = bwd_dkdv_config(q.dtype, D, block_size)
+    cfg = bwd_dkdv_config(q.dtype, D, block_size, arch)
     n_items = bwd_items.shape[1]
     K._bigbird_attn_bwd_dkdv_kernel[(n_items * (block_size // cfg.block_n) * B * H,)](
         q, k, v, dout, lse, delta, dk, dv, part_dk, part_dv, mask,
@@ -533,52 +556,65 @@ def _unit_strides(fn) -> dict:
     return {name: 1 for group in _STRIDE_GROUPS.values() for name in group[3:] if name in fn.arg_names}
 
 
+CONFIG_ARCHS = (80, 90)  # configuration families: sm_80 (and every non-Hopper target), sm_90
+
+
+def arch_family(cc: int) -> int:
+    return 90 if cc >= 90 else 80
+
+
 def launch_configs() -> list[dict]:
     """Every kernel configuration the launchers can launch, deduplicated.
 
-    Each entry: ``name`` (readable id), ``fn`` (the JIT function), ``signature`` and ``constexprs``
-    (for ``triton.compiler.ASTSource``, with unit inner strides specialised to 1 as the JIT does for
-    contiguous inputs), ``num_warps``, ``num_stages``.
+    Each entry: ``name`` (readable id; ``@sm90`` / ``@sm80`` when the configuration differs between the
+    families of :data:`CONFIG_ARCHS`), ``fn`` (the JIT function), ``signature`` and ``constexprs`` (for
+    ``triton.compiler.ASTSource``, with unit inner strides specialised to 1 as the JIT does for
+    contiguous inputs), ``num_warps``, ``num_stages``, ``archs`` (the families that launch it).
     """
-    out, seen = [], set()
+    by_key: dict = {}
 
-    def add(fn, dtype, cfg: KernelConfig, consts: dict, what: str):
+    def add(fn, dtype, cfg: KernelConfig, consts: dict, what: str, arch: int):
         consts = {**consts, **_unit_strides(fn)}
         key = (fn.__name__, dtype, cfg.num_warps, cfg.num_stages, tuple(sorted(consts.items())))
-        if key in seen:
+        if key in by_key:
+            by_key[key]["archs"].add(arch)
             return
-        seen.add(key)
-        out.append(dict(
+        by_key[key] = dict(
             name=f"{fn.__name__}[{what}]",
             fn=fn,
             signature=_signature(fn, dtype, consts),
             constexprs=consts,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
-        ))
+            archs={arch},
+        )
 
-    for dtype in SUPPORTED_DTYPES:
-        t = _TL_DTYPE[dtype]
-        prec = _dot_precision(dtype)
-        for D in SUPPORTED_HEAD_DIMS:
-            for bs in SUPPORTED_BLOCK_SIZES:
-                for has_mask in (False, True):
-                    what = f"{t},D={D},bs={bs},mask={int(has_mask)}"
-                    for fn, cfg_fn in ((K._bigbird_attn_fwd_kernel, fwd_config),
-                                       (K._bigbird_attn_bwd_dq_kernel, bwd_dq_config),
-                                       (K._bigbird_attn_bwd_dkdv_kernel, bwd_dkdv_config)):
-                        cfg = cfg_fn(dtype, D, bs)
-                        add(fn, dtype, cfg, dict(BLOCK_SIZE=bs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                                                 HEAD_DIM=D, HAS_MASK=has_mask, DOT_PRECISION=prec), what)
+    for arch in CONFIG_ARCHS:
+        for dtype in SUPPORTED_DTYPES:
+            t = _TL_DTYPE[dtype]
+            prec = _dot_precision(dtype)
+            for D in SUPPORTED_HEAD_DIMS:
+                for bs in SUPPORTED_BLOCK_SIZES:
+                    for has_mask in (False, True):
+                        what = f"{t},D={D},bs={bs},mask={int(has_mask)}"
+                        for fn, cfg in ((K._bigbird_attn_fwd_kernel, fwd_config(dtype, D, bs)),
+                                        (K._bigbird_attn_bwd_dq_kernel, bwd_dq_config(dtype, D, bs, arch)),
+                                        (K._bigbird_attn_bwd_dkdv_kernel, bwd_dkdv_config(dtype, D, bs, arch))):
+                            add(fn, dtype, cfg, dict(BLOCK_SIZE=bs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                                     HEAD_DIM=D, HAS_MASK=has_mask, DOT_PRECISION=prec), what, arch)
+                        sc = _small_config(bs, D)
+                        add(K._bigbird_attn_fwd_merge_kernel, dtype, sc,
+                            dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D, HAS_MASK=has_mask), what, arch)
                     sc = _small_config(bs, D)
-                    add(K._bigbird_attn_fwd_merge_kernel, dtype, sc,
-                        dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D, HAS_MASK=has_mask), what)
-                sc = _small_config(bs, D)
-                what = f"{t},D={D},bs={bs}"
-                add(K._bigbird_attn_bwd_preprocess_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
-                    dict(BLOCK_M=sc.block_m, HEAD_DIM=D), what)
-                add(K._bigbird_attn_bwd_reduce_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
-                    dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D), what)
+                    what = f"{t},D={D},bs={bs}"
+                    add(K._bigbird_attn_bwd_preprocess_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
+                        dict(BLOCK_M=sc.block_m, HEAD_DIM=D), what, arch)
+                    add(K._bigbird_attn_bwd_reduce_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
+                        dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D), what, arch)
+    out = list(by_key.values())
+    for c in out:
+        if len(c["archs"]) < len(CONFIG_ARCHS):
+            c["name"] += "".join(f"@sm{a}" for a in sorted(c["archs"]))
     return out
 
 
