@@ -192,6 +192,22 @@ def test_forward_backward_matches_reference(c: Case):
         assert (grads[1][q_pad] == 0).all() and (grads[2][q_pad] == 0).all(), "padded keys must get no gradient"
 
 
+HOPPER_CASES = [
+    Case("sm90-D128-bs64-fp16-holes-split", _resample(1), B=1, H=2, nb=5, bs=64, D=128, dtype=torch.float16,
+         mask="holes", split=(2, 2)),
+    Case("sm90-D128-bs128-fp16-tail", _hf(False, 1), B=1, H=1, nb=4, bs=128, D=128, dtype=torch.float16, mask="tail"),
+]
+
+
+@pytest.mark.parametrize("c", HOPPER_CASES, ids=[c.id for c in HOPPER_CASES])
+def test_hopper_configurations_match_reference(c: Case, monkeypatch):
+    """The launch configurations chosen for sm_90 (one warp group, 32-row query steps in dk/dv at head
+    dim 128) compute the same gradients: the launcher is told it runs on sm_90."""
+    monkeypatch.setattr(launch, "arch_of", lambda device: 90)
+    assert launch.bwd_dkdv_config(c.dtype, c.D, c.bs, 90).block_m == 32
+    test_forward_backward_matches_reference(c)
+
+
 def _plant_non_finite(t, pad):
     """``t`` with NaN, +Inf and -Inf (cycling) in the sequence positions where ``pad`` (B, S) is True."""
     bad = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=t.dtype)
