@@ -19,7 +19,8 @@ its results before the next starts:
 Results go to ``--out`` (default ``$OUT``, else ``benchmarks/results/<device>/session``), at most 8
 files: ``session.json`` (metadata and each phase's status), one JSON per phase (DESIGN.md section 7
 layout, ``meta`` naming the device) and ``logs.tar.gz`` (every phase's output). The phase budgets add
-up to 470 s, within 8 minutes on an H100 including the extension build.
+up to 470 s, within 8 minutes on an H100 including the extension build; a phase out of time gets
+SIGINT, then SIGKILL, and is recorded as ``timeout`` with what it had written.
 
 ``--dry-run`` runs every phase's plumbing on the CPU with tiny shapes and no CUDA (kernel backends,
 which need CUDA, are recorded as skipped; each phase gets 300 s), so CI can rehearse the session. Nothing is downloaded:
@@ -33,6 +34,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -42,7 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("smoke", "gpu_tests", "sanitizer", "attention", "model")
-BUDGET_S = {"smoke": 150, "gpu_tests": 150, "sanitizer": 60, "attention": 80, "model": 30}
+BUDGET_S = {"smoke": 150, "gpu_tests": 150, "sanitizer": 50, "attention": 80, "model": 40}
+GRACE_S = 8  # after its time is up a process gets SIGINT, then this long to write what it has
 DRY_RUN_BUDGET_S = 300  # per phase: a shared CI CPU is slow and uneven; the limit only catches hangs
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
 
@@ -77,7 +80,10 @@ def _env() -> dict:
 
 
 def _run(cmd, log, timeout, env=None) -> tuple[int | None, float]:
-    """Run ``cmd`` (output appended to ``log``) for at most ``timeout`` s: (exit code or None on timeout, seconds)."""
+    """Run ``cmd`` (output appended to ``log``) for at most ``timeout`` s: (exit code or None on timeout, seconds).
+
+    On timeout its whole process group (pytest, compilers) gets SIGINT (pytest then still writes its
+    report), and SIGKILL :data:`GRACE_S` seconds later."""
     t0 = time.perf_counter()
     with open(log, "a") as f:
         f.write(f"$ {' '.join(map(str, cmd))}\n")
@@ -87,10 +93,22 @@ def _run(cmd, log, timeout, env=None) -> tuple[int | None, float]:
         try:
             rc = proc.wait(timeout=max(0.1, timeout))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)  # the phase's whole process group (pytest workers, compilers)
-            proc.wait()
             rc = None
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:  # also when this process is interrupted itself: leave nothing running
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     return rc, time.perf_counter() - t0
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds a phase's own child process may use: what is left, less the grace to report."""
+    return deadline - time.time() - GRACE_S - 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,11 +132,13 @@ def phase_smoke(out: Path, dry_run: bool, deadline: float) -> dict:
     mask = torch.ones(B, S, dtype=torch.bool, device=device)
     mask[-1, S - bs - 3 :] = False
     ref = block_sparse_attention_ref(q.float(), k.float(), v.float(), layout, mask)[0]
-    records = []
-    for name in BACKEND_NAMES:
+    result = dict(meta=_meta(dry_run), info=info.report(), records=[], status="running")
+    # kernels first; the CUDA extension's first call builds it (the longest step), FlexAttention compiles
+    order = ["triton", "reference", "sdpa", "cuda", "flex"]
+    for name in order + [b for b in BACKEND_NAMES if b not in order]:
         rec = dict(backend=name, dtype=str(dtype).replace("torch.", ""), B=B, H=H, S=S, D=D, block_size=bs)
         if dry_run and name in ("cuda", "triton"):
-            records.append(dict(rec, status="skipped", reason="dry run: the kernel backends need CUDA"))
+            result["records"].append(dict(rec, status="skipped", reason="dry run: the kernel backends need CUDA"))
             continue
         for grad in (True, False):  # fwd + bwd; a backend without backward (flex on CPU) gets fwd only
             xs = [t.detach().requires_grad_(grad) for t in (q, k, v)]
@@ -139,10 +159,11 @@ def phase_smoke(out: Path, dry_run: bool, deadline: float) -> dict:
             rec.update(status="ok", reason=None, **{"pass": "fwd+bwd" if grad else "fwd"},
                        first_call_s=round(time.perf_counter() - t0, 3), max_err_vs_reference=err)
             break
-        records.append(rec)
+        result["records"].append(rec)
+        _write_json(_phase_file(out, "smoke"), result)  # kept if a later backend hangs
         print(rec, flush=True)
-    return dict(meta=_meta(dry_run), info=info.report(), records=records,
-                status="ok" if all(r["status"] in ("ok", "skipped") for r in records) else "failed")
+    result["status"] = "ok" if all(r["status"] in ("ok", "skipped") for r in result["records"]) else "failed"
+    return result
 
 
 def phase_gpu_tests(out: Path, dry_run: bool, deadline: float) -> dict:
@@ -154,8 +175,8 @@ def phase_gpu_tests(out: Path, dry_run: bool, deadline: float) -> dict:
     env = _env()
     if not dry_run:
         env["BIGBIRD_TEST_INTERPRET"] = "0"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/gpu", f"--junitxml={junit}"]
-    rc, secs = _run(cmd, work / "pytest.log", deadline - time.time() - 5, env=env)
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "tests/gpu", f"--junitxml={junit}"]
+    rc, secs = _run(cmd, work / "pytest.log", _time_left(deadline), env=env)
     sys.stdout.write((work / "pytest.log").read_text())
     cases = []
     if junit.exists():
@@ -215,13 +236,13 @@ def phase_sanitizer(out: Path, dry_run: bool, deadline: float) -> dict:
     runs = []
     if tool is None or dry_run:
         # without the tool (or CUDA) still run the target, so its own failures show
-        rc, secs = _run(target, work / "target.log", deadline - time.time() - 5)
+        rc, secs = _run(target, work / "target.log", _time_left(deadline))
         sys.stdout.write((work / "target.log").read_text())
         reason = "compute-sanitizer not found" if tool is None else "dry run: no CUDA to sanitize"
         runs.append(dict(tool=None, exit_code=rc, seconds=round(secs, 1), status="ok" if rc == 0 else "failed"))
         return dict(meta=_meta(dry_run), status="skipped" if rc == 0 else "failed", reason=reason, runs=runs)
     for i, name in enumerate(SANITIZER_TOOLS):
-        share = (deadline - time.time() - 5) / (len(SANITIZER_TOOLS) - i)
+        share = _time_left(deadline) / (len(SANITIZER_TOOLS) - i)
         log = work / f"{name}.log"
         cmd = [tool, "--tool", name, "--error-exitcode", "86", "--print-limit", "20", *target]
         rc, secs = _run(cmd, log, share)
@@ -235,31 +256,36 @@ def phase_sanitizer(out: Path, dry_run: bool, deadline: float) -> dict:
 
 
 def phase_attention(out: Path, dry_run: bool, deadline: float) -> dict:
-    """The attention benchmark, one sequence length per process, the JSON rewritten after each."""
+    """The attention benchmark, one (group of backends, sequence length) per process, the JSON rewritten
+    after each: our kernels and dense flash / cuDNN at every length first, then the other peers."""
     work = Path(tempfile.mkdtemp(prefix="attention_"))
     if dry_run:
-        seq_lens, common = (128, 256), ["--device", "cpu", "--dtypes", "float32", "--heads", "2", "--head-dim", "32",
-                                        "--block-size", "16", "--reps", "1", "--backends", "reference"]
+        seq_lens, groups = (128, 256), [["reference"]]
+        common = ["--device", "cpu", "--dtypes", "float32", "--heads", "2", "--head-dim", "32", "--block-size", "16",
+                  "--reps", "1"]
     else:
-        from bigbird_kernels.bench import GPU_BACKENDS
-
-        backends = [b for b in GPU_BACKENDS if b != "transformers" or _has("transformers")]
-        seq_lens, common = (4096, 16384, 65536), ["--device", "cuda", "--reps", "10", "--backends", *backends]
+        peers = ["flex", "sdpa"] + (["transformers"] if _has("transformers") else [])
+        seq_lens, groups = (4096, 16384, 65536), [["triton", "cuda", "sdpa_flash", "sdpa_cudnn"], peers]
+        common = ["--device", "cuda", "--reps", "10"]
     skipped = [] if dry_run or _has("transformers") else ["transformers: not installed"]
     result = dict(meta=_meta(dry_run), records=[], skipped=skipped, status="ok")
-    for S in seq_lens:
-        cmd = [sys.executable, "-m", "bigbird_kernels.bench", *common, "--passes", "fwd", "bwd", "--seq-lens", S,
-               "--out-dir", work, "--name", f"S{S}"]
-        rc, _ = _run(cmd, work / "bench.log", deadline - time.time() - 5)
-        part = work / f"S{S}.json"
-        if rc == 0 and part.exists():
-            result["records"] += json.loads(part.read_text())["records"]
-        else:
-            result["status"] = "timeout" if rc is None else "failed"
-            result["skipped"].append(f"S={S}: {'timed out' if rc is None else f'exit code {rc}'}")
-        _write_json(_phase_file(out, "attention"), result)
-        if rc is None:
-            break
+    for gi, group in enumerate(groups):
+        for S in seq_lens:
+            name = f"g{gi}_S{S}"
+            cmd = [sys.executable, "-m", "bigbird_kernels.bench", *common, "--backends", *group,
+                   "--passes", "fwd", "bwd", "--seq-lens", S, "--out-dir", work, "--name", name]
+            rc, _ = _run(cmd, work / "bench.log", _time_left(deadline))
+            part = work / f"{name}.json"
+            if rc == 0 and part.exists():
+                result["records"] += json.loads(part.read_text())["records"]
+            else:
+                result["status"] = "timeout" if rc is None else "failed"
+                result["skipped"].append(f"{','.join(group)} S={S}: {'timed out' if rc is None else f'exit code {rc}'}")
+            _write_json(_phase_file(out, "attention"), result)
+            if _time_left(deadline) <= 0:
+                result["status"] = "timeout"
+                _write_json(_phase_file(out, "attention"), result)
+                return result
     sys.stdout.write((work / "bench.log").read_text())
     return result
 
@@ -277,7 +303,7 @@ def phase_model(out: Path, dry_run: bool, deadline: float) -> dict:
                 "--backends", "ours,transformers,transformers-patched"]
     result_path = work / "model.json"
     cmd = [sys.executable, "benchmarks/bench_model.py", *args, "--out", result_path]
-    rc, secs = _run(cmd, work / "model.log", deadline - time.time() - 5)
+    rc, secs = _run(cmd, work / "model.log", _time_left(deadline))
     sys.stdout.write((work / "model.log").read_text())
     if rc == 0 and result_path.exists():
         return dict(json.loads(result_path.read_text()), status="ok")
