@@ -291,6 +291,8 @@ def test_resample_calls_copy_nothing_from_the_host(monkeypatch):
     B, H, nb, bs, D = 2, 2, 8, 16, 32
     q, k, v = make_qkv(B, H, nb * bs, D, requires_grad=True)
     mask = make_padding_mask(B, nb * bs, block_size=bs, kind="holes")
+    import torch._dynamo  # noqa: F401  (dynamo records torch's functions on import: not the wrappers below)
+
     made, synced = [], []
     monkeypatch.setattr(launch, "_STATIC", {})  # as in a fresh process
 
@@ -317,6 +319,21 @@ def test_resample_calls_copy_nothing_from_the_host(monkeypatch):
         else:
             assert made == [], f"call {call}: host-to-device copies: {made}"
         made.clear()
+
+
+def test_tables_cached_in_inference_mode_serve_training(monkeypatch):
+    """A first call under ``torch.inference_mode`` caches the layout's plan and the size's tables; a
+    later training call (same layout, or a new layout of that size) can save them for backward."""
+    monkeypatch.setattr(launch, "_STATIC", {})
+    B, H, nb, bs, D = 1, 2, 6, 16, 32
+    layout = _resample(1)(H, nb, bs)
+    q, k, v = make_qkv(B, H, nb * bs, D)
+    with torch.inference_mode():
+        block_sparse_attention(q, k, v, layout, backend="triton")
+    for lay in (layout, _resample(1)(H, nb, bs)):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        block_sparse_attention(qq, kk, vv, lay, backend="triton").sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in (qq, kk, vv))
 
 
 def test_poison_catches_unwritten_outputs():

@@ -224,10 +224,18 @@ _STATIC: dict = {}
 
 def _static_tables(nb: int, width: int, gb: tuple, nsf: int, perf: int, nsb: int, device) -> _Static:
     """:class:`_Static` for these sizes, cached per (nb, W, global blocks, splits, device): layouts that
-    differ only in their random blocks (``resample`` makes one per call) copy nothing from the host."""
+    differ only in their random blocks (``resample`` makes one per call) copy nothing from the host.
+    Cached tables are built outside inference mode, so that a later training call can save them."""
     key = (nb, width, gb, nsf, perf, nsb, torch.device(device))
-    if not torch.compiler.is_compiling() and key in _STATIC:
-        return _STATIC[key]
+    if torch.compiler.is_compiling():
+        return _build_static(nb, width, gb, nsf, perf, nsb, device)
+    if key not in _STATIC:
+        with torch.inference_mode(False):
+            _STATIC[key] = _build_static(nb, width, gb, nsf, perf, nsb, device)
+    return _STATIC[key]
+
+
+def _build_static(nb: int, width: int, gb: tuple, nsf: int, perf: int, nsb: int, device) -> _Static:
     i64 = dict(dtype=torch.int64, device=device)
     G = len(gb)
     items = []
@@ -236,16 +244,13 @@ def _static_tables(nb: int, width: int, gb: tuple, nsf: int, perf: int, nsb: int
             lo = nb * width + s * perf
             items.append((row, lo, min(lo + perf, nb * width + nb), g * nsf + s if nsf > 1 else -1))
     g_slot = [[g * nsb + s if nsb > 1 else -1 for s in range(nsb)] for g in range(G)]
-    st = _Static(
+    return _Static(
         glob_items=torch.tensor(items, **i64).reshape(len(items), 4),
         rows=torch.tensor([i for i in range(nb) if i not in set(gb)], **i64),
         gcols=torch.tensor(gb, **i64).reshape(G),
         g_slot=torch.tensor(g_slot, **i64).reshape(G, nsb),
         glob=torch.tensor(gb, dtype=torch.int32, device=device).reshape(G),
     )
-    if not torch.compiler.is_compiling():
-        _STATIC[key] = st
-    return st
 
 
 def build_plan(layout) -> Plan:
@@ -342,7 +347,8 @@ _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def get_plan(layout) -> Plan:
-    """:func:`build_plan`, cached per layout object (and split override) outside of tracing."""
+    """:func:`build_plan`, cached per layout object (and split override) outside of tracing. Cached
+    plans are built outside inference mode, so that a later training call can save them."""
     if torch.compiler.is_compiling():
         return build_plan(layout)
     key = (_SPLIT_OVERRIDE.get("fwd"), _SPLIT_OVERRIDE.get("bwd"))
@@ -352,7 +358,8 @@ def get_plan(layout) -> Plan:
         _PLANS[layout] = per_layout
     plan = per_layout.get(key)
     if plan is None:
-        plan = per_layout[key] = build_plan(layout)
+        with torch.inference_mode(False):
+            plan = per_layout[key] = build_plan(layout)
     return plan
 
 
