@@ -7,7 +7,14 @@ import sys
 
 import torch
 
-from .dispatch import AttentionInputs, BACKEND_NAMES, not_supported_reasons
+from .dispatch import (
+    SELF_CHECKED,
+    AttentionInputs,
+    BACKEND_NAMES,
+    not_supported_reasons,
+    self_check_enabled,
+    self_check_failure,
+)
 
 
 def _version(mod: str) -> str:
@@ -45,7 +52,13 @@ def report() -> str:
     lines.append(f"backends for {device.type} {str(dtype).replace('torch.', '')}, D=64, block 64, with grad:")
     for name in BACKEND_NAMES:
         reasons = not_supported_reasons(name, probe)
-        lines.append(f"  {name:<10} {'available' if not reasons else 'unavailable: ' + '; '.join(reasons)}")
+        if not reasons and name in SELF_CHECKED:
+            failure = self_check_failure(name, probe)
+            reasons = [failure] if failure else []
+            status = "available, self-check " + ("passed" if self_check_enabled() else "off (BIGBIRD_SELF_CHECK=0)")
+        else:
+            status = "available"
+        lines.append(f"  {name:<10} {status if not reasons else 'unavailable: ' + '; '.join(reasons)}")
     return "\n".join(lines)
 
 

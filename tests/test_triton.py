@@ -36,6 +36,9 @@ launch = pytest.importorskip("bigbird_kernels.backends.triton.launch")
 @pytest.fixture(autouse=True)
 def _poison_outputs(monkeypatch):
     monkeypatch.setenv("BIGBIRD_TRITON_POISON", "1")
+    # these tests compare with the reference themselves; the self-check (slow in the interpreter) has
+    # its own tests in test_self_check.py
+    monkeypatch.setenv("BIGBIRD_SELF_CHECK", "0")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,6 +192,58 @@ def test_forward_backward_matches_reference(c: Case):
         assert (grads[1][q_pad] == 0).all() and (grads[2][q_pad] == 0).all(), "padded keys must get no gradient"
 
 
+HOPPER_CASES = [
+    Case("sm90-D128-bs64-fp16-holes-split", _resample(1), B=1, H=2, nb=5, bs=64, D=128, dtype=torch.float16,
+         mask="holes", split=(2, 2)),
+    Case("sm90-D128-bs128-fp16-tail", _hf(False, 1), B=1, H=1, nb=4, bs=128, D=128, dtype=torch.float16, mask="tail"),
+]
+
+
+@pytest.mark.parametrize("c", HOPPER_CASES, ids=[c.id for c in HOPPER_CASES])
+def test_hopper_configurations_match_reference(c: Case, monkeypatch):
+    """The launch configurations chosen for sm_90 (one warp group, 32-row query steps in dk/dv at head
+    dim 128) compute the same gradients: the launcher is told it runs on sm_90."""
+    monkeypatch.setattr(launch, "arch_of", lambda device: 90)
+    assert launch.bwd_dkdv_config(c.dtype, c.D, c.bs, 90).block_m == 32
+    test_forward_backward_matches_reference(c)
+
+
+def _plant_non_finite(t, pad):
+    """``t`` with NaN, +Inf and -Inf (cycling) in the sequence positions where ``pad`` (B, S) is True."""
+    bad = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=t.dtype)
+    fill = bad[torch.arange(t.numel()) % 3].reshape(t.shape)
+    return torch.where(pad[:, None, :, None], fill, t)
+
+
+NAN_CASES = [c for c in CASES if c.id in ("seeded-r2-fp32-bs32-D32-holes-split", "allpad-row-hf-train-fp16-adversarial-split",
+                                          "D128-fp32-bs32-strided-negscale", "hf-eval-r3-fp16-bs32-D32-adversarial-split")]
+
+
+@pytest.mark.parametrize("c", NAN_CASES, ids=[c.id for c in NAN_CASES])
+def test_non_finite_padded_positions_do_not_leak(c: Case):
+    """NaN / Inf in q, k and v at padded positions only: real rows and every gradient equal the
+    reference on clean inputs (so finite), padded query rows are exactly 0 and padded keys get no
+    gradient (the kernels select, never multiply by a 0 weight)."""
+    layout = c.layout(c.H, c.nb, c.bs)
+    q, k, v, mask = _inputs(c)
+    pad = ~mask
+    assert pad.any()
+    dirty = [_plant_non_finite(t, pad) for t in (q, k, v)]
+    if c.strided:
+        dirty = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in dirty]
+    do = torch.randn(q.shape)
+    out, lse, grads = _run_triton(*dirty, layout, mask, c.scale, do, None, split=c.split)
+    o_ref, lse_ref, g_ref = _run_ref(q.float(), k.float(), v.float(), layout, mask, c.scale, do, None, upcast=True)
+    o_low, _, g_low = _run_ref(q, k, v, layout, mask, c.scale, do, None, upcast=False)
+    assert_close_by_rule(out, o_ref, o_low, c.dtype, what="out")
+    q_pad = pad[:, None, :].expand(c.B, c.H, -1)
+    assert (out[q_pad] == 0).all(), "padded query rows must be exactly 0"
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_ref))
+    for name, g, gr, gl in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
+        assert_close_by_rule(g, gr, gl, c.dtype, grad=True, what=name)
+        assert (g[q_pad] == 0).all(), f"{name} of padded positions must be exactly 0"
+
+
 # --------------------------------------------------------------------------------------------------
 # plans, poisoning, determinism, capabilities
 # --------------------------------------------------------------------------------------------------
@@ -227,6 +282,58 @@ def test_plan_tables_reproduce_the_layout(which, split):
         assert slots == list(range(len(slots)))  # each scratch slot written by exactly one program
     if split and layout.global_blocks:
         assert plan.fwd_splits > 1 and plan.bwd_splits > 1
+
+
+def test_resample_calls_copy_nothing_from_the_host(monkeypatch):
+    """``resample`` makes a new layout per call: after the first call of a size, building its plan and
+    running forward and backward make no host-to-device copy (no ``torch.tensor`` / ``torch.as_tensor``
+    of host data) and building the plan reads nothing back (no ``item`` / ``tolist`` / ``bool``)."""
+    B, H, nb, bs, D = 2, 2, 8, 16, 32
+    q, k, v = make_qkv(B, H, nb * bs, D, requires_grad=True)
+    mask = make_padding_mask(B, nb * bs, block_size=bs, kind="holes")
+    import torch._dynamo  # noqa: F401  (dynamo records torch's functions on import: not the wrappers below)
+
+    made, synced = [], []
+    monkeypatch.setattr(launch, "_STATIC", {})  # as in a fresh process
+
+    def counting(log, fn):
+        def wrapper(*a, **kw):
+            log.append(fn.__name__)
+            return fn(*a, **kw)
+        return wrapper
+
+    for call in range(3):
+        layout = _resample(2)(H, nb, bs)
+        with monkeypatch.context() as m:
+            for name in ("tensor", "as_tensor"):
+                m.setattr(torch, name, counting(made, getattr(torch, name)))
+            with monkeypatch.context() as m2:
+                for name in ("item", "tolist", "__bool__"):
+                    m2.setattr(torch.Tensor, name, counting(synced, getattr(torch.Tensor, name)))
+                launch.get_plan(layout)
+            out = block_sparse_attention(q, k, v, layout, attention_mask=mask, backend="triton")
+            out.sum().backward()
+        assert synced == [], f"call {call}: building the plan synchronised with the host: {synced}"
+        if call == 0:
+            assert made, "the first call builds the layout-independent tables"
+        else:
+            assert made == [], f"call {call}: host-to-device copies: {made}"
+        made.clear()
+
+
+def test_tables_cached_in_inference_mode_serve_training(monkeypatch):
+    """A first call under ``torch.inference_mode`` caches the layout's plan and the size's tables; a
+    later training call (same layout, or a new layout of that size) can save them for backward."""
+    monkeypatch.setattr(launch, "_STATIC", {})
+    B, H, nb, bs, D = 1, 2, 6, 16, 32
+    layout = _resample(1)(H, nb, bs)
+    q, k, v = make_qkv(B, H, nb * bs, D)
+    with torch.inference_mode():
+        block_sparse_attention(q, k, v, layout, backend="triton")
+    for lay in (layout, _resample(1)(H, nb, bs)):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        block_sparse_attention(qq, kk, vv, lay, backend="triton").sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in (qq, kk, vv))
 
 
 def test_poison_catches_unwritten_outputs():

@@ -1,5 +1,6 @@
 """The ``triton`` backend on a real GPU: forward and backward at real shapes against the reference,
-races (bit-identical repeated runs), and a speed report. Skipped without CUDA (tests/conftest.py).
+races (bit-identical repeated runs), fp32, CUDA-graph capture, no host synchronisation, NaN in padded
+positions, the self-check, and a speed report. Skipped without CUDA (tests/conftest.py).
 
 Tolerances follow DESIGN.md section 6 (``assert_close_by_rule``): error against the fp32 reference at
 most 2x (3x for gradients) the error of the reference run in the low precision, plus a floor.
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from bigbird_kernels import block_sparse_attention, block_sparse_attention_ref, hf_layout, make_layout, resample_layout
+from bigbird_kernels import dispatch
 from bigbird_kernels.dispatch import AttentionInputs, not_supported_reasons
 from bigbird_kernels.testing import assert_close_by_rule, make_padding_mask, make_qkv
 
@@ -111,7 +113,7 @@ def test_triton_bit_identical_runs(deterministic):
     mask = make_padding_mask(B, S, block_size=bs, kind="tail", device=DEV)
     do = torch.randn(B, H, S, D, device=DEV, dtype=torch.bfloat16)
     results = []
-    for _ in range(3):
+    for _ in range(10):
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
         out, lse = block_sparse_attention(qq, kk, vv, layout, attention_mask=mask, backend="triton", return_lse=True,
                                           deterministic=deterministic)
@@ -119,6 +121,110 @@ def test_triton_bit_identical_runs(deterministic):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+def _fwd_bwd(q, k, v, layout, mask, do, **kw):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = block_sparse_attention(q, k, v, layout, attention_mask=mask, backend="triton", **kw)
+    return (out.detach(), *torch.autograd.grad(out, (q, k, v), do))
+
+
+def test_triton_fp32_matches_an_fp64_oracle():
+    """fp32 runs in full fp32 (no TF32) on the GPU: within the fp32 rule of an fp64 oracle."""
+    B, H, S, D, bs = 2, 4, 1024, 64, 64
+    layout = _layout("hf_train", S, bs, H, 3)
+    q, k, v = make_qkv(B, H, S, D, dtype=torch.float32, device=DEV)
+    mask = make_padding_mask(B, S, block_size=bs, kind="tail", device=DEV)
+    do = torch.randn(B, H, S, D, device=DEV)
+    got = _fwd_bwd(q, k, v, layout, mask, do)
+
+    def ref(dt):
+        qq, kk, vv = (t.detach().to(dt).requires_grad_() for t in (q, k, v))
+        out, _ = block_sparse_attention_ref(qq, kk, vv, layout, mask, upcast=False)
+        return (out.detach(), *torch.autograd.grad(out, (qq, kk, vv), do.to(dt)))
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        oracle, low = ref(torch.float64), ref(torch.float32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    for name, a, o, lo in zip(("out", "dq", "dk", "dv"), got, oracle, low):
+        assert_close_by_rule(a, o, lo, torch.float32, grad=name != "out", what=name)
+
+
+def test_triton_nan_in_padded_positions_does_not_leak():
+    B, H, S, D, bs = 3, 8, 4096, 64, 64
+    layout = _layout("hf_train", S, bs, H, 3)
+    q, k, v = make_qkv(B, H, S, D, dtype=torch.bfloat16, device=DEV)
+    mask = make_padding_mask(B, S, block_size=bs, kind="adversarial", device=DEV)
+    pad = ~mask[:, None, :, None]
+    bad = [torch.where(pad, torch.full_like(t, val), t) for t, val in zip((q, k, v), (math.nan, math.inf, -math.inf))]
+    do = torch.randn(B, H, S, D, device=DEV, dtype=torch.bfloat16)
+    got = _fwd_bwd(*bad, layout, mask, do)
+    clean = _fwd_bwd(q, k, v, layout, mask, do)
+    real = mask[:, None, :].expand(B, H, S)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, clean):
+        assert torch.isfinite(a).all(), name
+        assert torch.equal(a[real], b[real]), f"{name}: padded positions changed real rows"  # padded rows load as 0
+        assert (a[~real] == 0).all(), f"{name} must be exactly 0 at padded positions"
+
+
+def test_triton_cuda_graph_capture_and_replay():
+    """Forward and backward captured in a CUDA graph (the layout's plan built during capture: no host
+    copy, no sync), replayed on new inputs: equal to eager calls."""
+    B, H, S, D, bs = 2, 8, 4096, 64, 64
+    make = lambda: resample_layout(seq_len=S, block_size=bs, num_random_blocks=3, num_heads=H, device=DEV)  # noqa: E731
+    mask = make_padding_mask(B, S, block_size=bs, kind="tail", device=DEV)
+    q, k, v, do = (torch.randn(B, H, S, D, device=DEV, dtype=torch.bfloat16) for _ in range(4))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up on a side stream: compiles the kernels, caches this size's tables
+        _fwd_bwd(q, k, v, make(), mask, do)
+    torch.cuda.current_stream().wait_stream(s)
+    layout = make()  # a new layout: its plan is built inside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = _fwd_bwd(q, k, v, layout, mask, do)
+    for _ in range(2):
+        for t in (q, k, v, do):
+            t.copy_(torch.randn_like(t))
+        graph.replay()
+        eager = _fwd_bwd(q, k, v, layout, mask, do)
+        for a, b in zip(static, eager):
+            assert torch.equal(a, b)
+
+
+def test_triton_no_host_sync_in_resample_mode():
+    """``torch.cuda.set_sync_debug_mode("error")``: the op (fresh ``resample`` layouts each call, plan
+    tables built per call) forward and backward never synchronise with the host."""
+    from bigbird_kernels.ops import triton_attention
+
+    B, H, S, D, bs = 2, 8, 4096, 64, 64
+    mask = make_padding_mask(B, S, block_size=bs, kind="holes", device=DEV)
+    q, k, v = make_qkv(B, H, S, D, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+    layouts = [resample_layout(seq_len=S, block_size=bs, num_random_blocks=3, num_heads=H, device=DEV)
+               for _ in range(3)]
+    out, _ = triton_attention(q, k, v, layouts[0], mask)  # first call of this size: compiles, caches tables
+    out.sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for layout in layouts[1:]:
+            out, _ = triton_attention(q, k, v, layout, mask)
+            torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("D", [64, 128])
+def test_triton_self_check_passes_on_this_device(dtype, D):
+    """The safety net's own problem, forward and backward: a correct kernel passes its tolerance."""
+    for check_pass in ("fwd", "bwd"):
+        err = dispatch.run_self_check(dispatch.get_backend("triton"), torch.device(DEV), dtype, D, 64, check_pass)
+        assert err is None, err
 
 
 def test_triton_speed_report():

@@ -16,6 +16,12 @@ element size, and the mask only adds register loads, so shared memory is the sam
 
 When ``ptxas`` is missing or fails for a target, the kernel is compiled to PTX only (the stages up to
 LLVM IR / PTX need no ptxas; shared memory is known after the LLVM IR stage) and reported as such.
+``--static`` adds, per compiled configuration, the figures that show a performance regression without a
+GPU (:func:`analyze`): registers and spill bytes (``ptxas -v``), CTAs per SM, the tensor-core version of
+each ``tl.dot`` with its warp layout (no two warps may compute the same MMA: ``M >= 16 * warpsPerCTA[0]``
+and ``N >= instrN * warpsPerCTA[1]``), and the tensor-core FLOPs the PTX issues per pass through the code
+against the useful FLOPs of the dots (equal when no work is duplicated). It prints them as a table.
+
 Must run without ``TRITON_INTERPRET=1`` (it would replace the kernels by interpreted functions).
 """
 
@@ -24,11 +30,60 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SMEM_PER_SM = {80: 164 * 1024, 86: 100 * 1024, 89: 100 * 1024, 90: 228 * 1024}
+REGS_PER_SM = 65536
+MAX_WARPS_PER_SM = {80: 64, 86: 48, 89: 48, 90: 64}
+
+_LAYOUT_RE = re.compile(r"^(#mma\d*) = #ttg\.nvidia_mma<\{versionMajor = (\d+).*?warpsPerCTA = \[(\d+), (\d+)\]"
+                        r".*?instrShape = \[([\d, ]+)\]", re.M)
+_DOT_RE = re.compile(r"= (ttng\.warp_group_dot|tt\.dot) .*?: (?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x\w+"
+                     r".*-> tensor<(\d+)x(\d+)xf32, (#\w+)>")
+_PTX_MMA_RE = re.compile(r"\b(wgmma\.mma_async\.sync|mma\.sync)\.aligned\.m(\d+)n(\d+)k(\d+)")
+
+
+def analyze(ttgir: str, ptx: str, num_warps: int) -> dict:
+    """Tensor-core figures of one compiled kernel.
+
+    ``dots``: one entry per dot op in the TTGIR, ``"MxNxK v3 [w0,w1]"``; ``mma``: the highest tensor-core
+    version used (0: none, fp32 runs on FMA); ``no_duplicate``: every MMA dot satisfies
+    ``M >= 16 * warpsPerCTA[0]`` and ``N >= instrN * warpsPerCTA[1]`` (for MMAv3 a warp group of 4 warps
+    covers 64 rows); ``useful_flops``: sum of ``2 * M * N * K`` over the dots; ``issued_flops``: the
+    tensor-core instructions of the PTX times their FLOPs times the warps (or warp groups) issuing them.
+    """
+    layouts = {m.group(1): (int(m.group(2)), (int(m.group(3)), int(m.group(4))), [int(x) for x in m.group(5).split(",")])
+               for m in _LAYOUT_RE.finditer(ttgir)}
+    dots, useful, ok, mma = [], 0, True, 0
+    for m in _DOT_RE.finditer(ttgir):
+        M, K, N = int(m.group(2)), int(m.group(3)), int(m.group(5))
+        assert int(m.group(4)) == M, m.group(0)
+        useful += 2 * M * N * K
+        ver, (w0, w1), instr = layouts.get(m.group(6), (0, (1, 1), [1, 1]))
+        mma = max(mma, ver)
+        if ver:
+            ok &= M >= 16 * w0 and N >= instr[1] * w1
+        dots.append(f"{M}x{N}x{K} v{ver} [{w0},{w1}]" if ver else f"{M}x{N}x{K} fma")
+    issued = 0
+    for m in _PTX_MMA_RE.finditer(ptx):
+        flops = 2 * int(m.group(2)) * int(m.group(3)) * int(m.group(4))
+        issued += flops * (num_warps // 4 if m.group(1).startswith("wgmma") else num_warps)
+    return dict(mma=mma, dots=dots, no_duplicate=bool(ok), useful_flops=useful if mma else 0, issued_flops=issued)
+
+
+def ctas_per_sm(cc: int, shared: int, registers: int | None, num_warps: int) -> int:
+    """Resident CTAs per SM allowed by shared memory (1 KB reserved per CTA), registers (allocated per
+    warp in units of 256) and warps."""
+    by_smem = SMEM_PER_SM.get(cc, SMEM_PER_SM[80]) // (shared + 1024)
+    by_warps = MAX_WARPS_PER_SM.get(cc, 64) // num_warps
+    if registers is None:
+        return min(by_smem, by_warps)
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(by_smem, by_warps, (REGS_PER_SM // per_warp) // num_warps)
 
 # representatives of one group per target in the default (deduplicated) mode: (dtype, HAS_MASK)
 _PREFERRED = {
@@ -52,14 +107,17 @@ def _group_key(cfg):
 
 def select_jobs(configs, targets, full: bool, text: str | None):
     """[(config index, target cc)] to compile."""
+    from .launch import arch_family
+
     idx = [i for i, c in enumerate(configs) if not text or text in c["name"]]
     if full:
-        return [(i, cc) for cc in targets for i in idx]
-    groups: dict = {}
-    for i in idx:
-        groups.setdefault(_group_key(configs[i]), []).append(i)
+        return [(i, cc) for cc in targets for i in idx if arch_family(cc) in configs[i]["archs"]]
     jobs = []
     for cc in targets:
+        groups: dict = {}
+        for i in idx:
+            if arch_family(cc) in configs[i]["archs"]:
+                groups.setdefault(_group_key(configs[i]), []).append(i)
         prefs = _PREFERRED.get(cc, _PREFERRED[90])
         for members in groups.values():
             pick = None
@@ -157,7 +215,7 @@ def _ptxas_usage(ptx: str, cc: int) -> dict:
 
 
 def _run_job(job):
-    i, cc, ptx_only, want_regs = job
+    i, cc, ptx_only, want_regs, want_static = job
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -189,11 +247,28 @@ def _run_job(job):
     shared = int(compiled.metadata.shared)
     limit = SMEM_LIMIT.get(cc, SMEM_LIMIT[80])
     ok = error is None and shared <= limit
-    usage = _ptxas_usage(compiled.asm["ptx"], cc) if want_regs and "ptx" in compiled.asm else {}
-    return dict(**usage,name=cfg["name"], cc=cc, ok=ok, stage=stage, shared=shared, limit=limit,
+    usage = _ptxas_usage(compiled.asm["ptx"], cc) if (want_regs or want_static) and "ptx" in compiled.asm else {}
+    if want_static:
+        usage.update(analyze(compiled.asm["ttgir"], compiled.asm["ptx"], cfg["num_warps"]))
+        usage["ctas_per_sm"] = ctas_per_sm(cc, shared, usage.get("registers"), cfg["num_warps"])
+    return dict(**usage, name=cfg["name"], cc=cc, ok=ok, stage=stage, shared=shared, limit=limit,
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                 seconds=round(time.perf_counter() - t0, 2), cpu_seconds=round(_cpu_seconds() - c0, 2),
                 error=error or (None if shared <= limit else f"shared memory {shared} B > limit {limit} B"))
+
+
+def static_table(results) -> str:
+    """The ``--static`` figures as a Markdown table, one row per compiled configuration."""
+    rows = ["| target | kernel [config] | warps | stages | regs | spill B | shared KB | CTAs/SM | dots (MxNxK, mma, warps) "
+            "| issued / useful TC FLOPs |", "|" + "---|" * 10]
+    for r in results:
+        if "dots" not in r:
+            continue
+        ratio = f"{r['issued_flops'] / r['useful_flops']:.2f}" if r["useful_flops"] else "fma"
+        rows.append(f"| sm_{r['cc']} | {r['name']} | {r['num_warps']} | {r['num_stages']} | {r.get('registers')} | "
+                    f"{r.get('spill_bytes')} | {r['shared'] / 1024:.1f} | {r['ctas_per_sm']} | {'; '.join(r['dots'])} | "
+                    f"{ratio} |")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:
@@ -203,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--ptx-only", action="store_true", help="skip ptxas (compile to PTX)")
     ap.add_argument("--regs", action="store_true", help="also report registers and spills (ptxas -v)")
+    ap.add_argument("--static", action="store_true",
+                    help="also registers, spills, CTAs per SM and tensor-core work per kernel (a table)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--filter", default=None, help="only configurations whose name contains this")
     args = ap.parse_args(argv)
@@ -216,7 +293,7 @@ def main(argv=None) -> int:
 
     configs = launch_configs()
     targets = [int(x) for x in args.targets.split(",") if x]
-    jobs = [(i, cc, args.ptx_only, args.regs) for i, cc in select_jobs(configs, targets, args.full, args.filter)]
+    jobs = [(i, cc, args.ptx_only, args.regs, args.static) for i, cc in select_jobs(configs, targets, args.full, args.filter)]
     # the heaviest first (fp32, big tiles) so the pool ends together
     jobs.sort(key=lambda j: (-("fp32" in configs[j[0]]["name"]), -configs[j[0]]["constexprs"].get("HEAD_DIM", 0)))
     t0 = time.perf_counter()
@@ -233,6 +310,8 @@ def main(argv=None) -> int:
         regs = f" regs={r['registers']} spill={r['spill_bytes']}B" if r.get("registers") is not None else ""
         print(f"sm_{r['cc']} {status:4s} shared={r['shared']!s:>7} B  {r['seconds']:6.1f}s  {r['stage']:5s}{regs}  {r['name']}"
               + (f"  -- {r['error']}" if r.get("error") else ""))
+    if args.static:
+        print(static_table(results))
     n_bad = sum(not r["ok"] for r in results)
     covered = {configs[i]["name"] for i, *_ in jobs}
     summary = dict(
@@ -245,7 +324,8 @@ def main(argv=None) -> int:
     print(json.dumps(summary))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(summary=summary, results=results, all_configs=[c["name"] for c in configs]), f, indent=1)
+            json.dump(dict(summary=summary, results=results,
+                           all_configs=[dict(name=c["name"], archs=sorted(c["archs"])) for c in configs]), f, indent=1)
     return 1 if n_bad else 0
 
 

@@ -83,8 +83,12 @@ def _bigbird_attn_fwd_kernel(
     # list entry of the next step is loaded one step ahead (loop-carried) so that the K/V tile loads
     # do not depend on a load of the same iteration: the pipeliner then issues them num_stages - 1
     # steps ahead (the lists carry one padding entry, so reading one past the end is in bounds).
+    # With a mask, the key mask of the next tile is loaded one step ahead too, and padded value rows
+    # are loaded as 0 (a masked load), so that NaN / Inf there never meet a weight of 0.
     j = tl.load(ListIdx + list_base + lo)
     cnt = tl.load(ListCnt + list_base + lo)
+    if HAS_MASK:
+        key_ok = tl.load(mask_base + j.to(tl.int64) * BLOCK_SIZE + offs_n) != 0
     for tt in range(lo * N_SUB, hi * N_SUB):
         t = tt // N_SUB
         t_next = (tt + 1) // N_SUB
@@ -93,10 +97,14 @@ def _bigbird_attn_fwd_kernel(
         log2c = tl.log2(cnt.to(tl.float32))
         row0 = (j * BLOCK_SIZE + (tt - t * N_SUB) * BLOCK_N).to(tl.int64)
         k = tl.load(k_base + row0 * stride_ks + k_tile)
-        v = tl.load(v_base + row0 * stride_vs + v_tile)
+        if HAS_MASK:
+            row0_next = (j_next * BLOCK_SIZE + (tt + 1 - t_next * N_SUB) * BLOCK_N).to(tl.int64)
+            key_ok_next = tl.load(mask_base + row0_next + offs_n) != 0
+            v = tl.load(v_base + row0 * stride_vs + v_tile, mask=key_ok[:, None], other=0.0)
+        else:
+            v = tl.load(v_base + row0 * stride_vs + v_tile)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if HAS_MASK:
-            key_ok = tl.load(mask_base + row0 + offs_n) != 0
             s = tl.where(key_ok[None, :], qk * sm_scale2, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -113,6 +121,8 @@ def _bigbird_attn_fwd_kernel(
         m_i = m_new
         j = j_next
         cnt = cnt_next
+        if HAS_MASK:
+            key_ok = key_ok_next
 
     l_ok = l_i > 0.0
     l_safe = tl.where(l_ok, l_i, 1.0)
@@ -259,8 +269,12 @@ def _bigbird_attn_bwd_dq_kernel(
     list_base = h * LIST_STRIDE
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    j = tl.load(ListIdx + list_base + lo)  # next entry loaded one step ahead (see the forward)
+    # next entry (and key mask) loaded one step ahead, padded key and value rows loaded as 0 (see the
+    # forward): they feed dp and dq, where a weight of 0 must not meet NaN
+    j = tl.load(ListIdx + list_base + lo)
     cnt = tl.load(ListCnt + list_base + lo)
+    if HAS_MASK:
+        key_ok = tl.load(mask_base + j.to(tl.int64) * BLOCK_SIZE + offs_n) != 0
     for tt in range(lo * N_SUB, hi * N_SUB):
         t = tt // N_SUB
         t_next = (tt + 1) // N_SUB
@@ -268,11 +282,16 @@ def _bigbird_attn_bwd_dq_kernel(
         cnt_next = tl.load(ListCnt + list_base + t_next)
         shift = lse2 - tl.log2(cnt.to(tl.float32))
         row0 = (j * BLOCK_SIZE + (tt - t * N_SUB) * BLOCK_N).to(tl.int64)
-        k = tl.load(k_base + row0 * stride_ks + k_tile)
-        v = tl.load(v_base + row0 * stride_vs + v_tile)
+        if HAS_MASK:
+            row0_next = (j_next * BLOCK_SIZE + (tt + 1 - t_next * N_SUB) * BLOCK_N).to(tl.int64)
+            key_ok_next = tl.load(mask_base + row0_next + offs_n) != 0
+            k = tl.load(k_base + row0 * stride_ks + k_tile, mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + row0 * stride_vs + v_tile, mask=key_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + row0 * stride_ks + k_tile)
+            v = tl.load(v_base + row0 * stride_vs + v_tile)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if HAS_MASK:
-            key_ok = tl.load(mask_base + row0 + offs_n) != 0
             s = tl.where(key_ok[None, :], qk * sm_scale2, float("-inf"))
             p = tl.exp2(s - shift[:, None])
         else:
@@ -282,8 +301,14 @@ def _bigbird_attn_bwd_dq_kernel(
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
         j = j_next
         cnt = cnt_next
+        if HAS_MASK:
+            key_ok = key_ok_next
 
     dq = dq * sm_scale
+    if HAS_MASK:
+        # padded query rows (whatever q holds there) get no gradient
+        q_ok = tl.load(mask_base + q_rows) != 0
+        dq = tl.where(q_ok[:, None], dq, 0.0)
     if slot >= 0:
         p_rows = (bh.to(tl.int64) * N_SLOTS + slot) * BLOCK_SIZE + msub * BLOCK_M + offs_m
         tl.store(PartDQ + p_rows[:, None] * HEAD_DIM + offs_d[None, :], dq)
@@ -340,8 +365,13 @@ def _bigbird_attn_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    i = tl.load(ListIdx + list_base + lo)  # next entry loaded one step ahead (see the forward)
+    # next entry (and query mask) loaded one step ahead; padded query rows loaded as 0, so that their
+    # p is exactly 0 (lse +inf) whatever q holds there (see the forward)
+    i = tl.load(ListIdx + list_base + lo)
     cnt = tl.load(ListCnt + list_base + lo)
+    if HAS_MASK:
+        mask_base = Mask + b64 * S
+        q_ok = tl.load(mask_base + i.to(tl.int64) * BLOCK_SIZE + offs_m) != 0
     for tt in range(lo * M_SUB, hi * M_SUB):
         t = tt // M_SUB
         t_next = (tt + 1) // M_SUB
@@ -349,7 +379,12 @@ def _bigbird_attn_bwd_dkdv_kernel(
         cnt_next = tl.load(ListCnt + list_base + t_next)
         log2c = tl.log2(cnt.to(tl.float32))
         row0 = (i * BLOCK_SIZE + (tt - t * M_SUB) * BLOCK_M).to(tl.int64)
-        q = tl.load(q_base + row0 * stride_qs + q_tile)
+        if HAS_MASK:
+            row0_next = (i_next * BLOCK_SIZE + (tt + 1 - t_next * M_SUB) * BLOCK_M).to(tl.int64)
+            q_ok_next = tl.load(mask_base + row0_next + offs_m) != 0
+            q = tl.load(q_base + row0 * stride_qs + q_tile, mask=q_ok[:, None], other=0.0)
+        else:
+            q = tl.load(q_base + row0 * stride_qs + q_tile)
         do = tl.load(do_base + row0 * stride_dos + do_tile)
         lse2 = tl.load(Lse + (stat_base + row0) + offs_m) * 1.4426950408889634
         lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
@@ -362,12 +397,14 @@ def _bigbird_attn_bwd_dkdv_kernel(
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
         i = i_next
         cnt = cnt_next
+        if HAS_MASK:
+            q_ok = q_ok_next
 
     dk = dk * sm_scale
     if HAS_MASK:
         # a padded key's column is garbage here (its logits were not masked in the loop) but only its
         # own rows of dk/dv depend on it: zero them
-        key_ok = tl.load(Mask + b64 * S + k_rows64) != 0
+        key_ok = tl.load(mask_base + k_rows64) != 0
         dk = tl.where(key_ok[:, None], dk, 0.0)
         dv = tl.where(key_ok[:, None], dv, 0.0)
     if slot >= 0:

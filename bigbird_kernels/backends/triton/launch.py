@@ -39,6 +39,7 @@ __all__ = [
     "bwd_dq_config",
     "bwd_dkdv_config",
     "launch_configs",
+    "arch_of",
     "_bigbird_attn_fwd",
     "_bigbird_attn_bwd",
 ]
@@ -74,11 +75,27 @@ def _warps(tile_m: int, tile_n: int) -> int:
 
 
 def _bwd_warps(tile_m: int, tile_n: int, head_dim: int) -> int:
-    """Backward kernels hold two fp32 accumulators (dk, dv) or dq plus recomputed tiles: head dim 128
-    with 64 x 64 tiles needs 8 warps to stay clear of register spills (ptxas -v: 255 regs + spills
-    with 4 warps)."""
+    """Backward kernels hold two fp32 accumulators (dk, dv) or dq plus recomputed tiles: on sm_80, head
+    dim 128 with 64 x 64 tiles needs 8 warps to stay clear of register spills (ptxas -v: 255 regs +
+    spills with 4 warps). Hopper uses :func:`_hopper_bwd` for 64-row tiles instead."""
     w = _warps(tile_m, tile_n)
     return min(8, 2 * w) if head_dim >= 128 else w
+
+
+def _hopper_bwd(head_dim: int, block_size: int) -> bool:
+    """On sm_90 the backward's chained dots get an MMAv3 layout with all warps on the rows: 8 warps on a
+    64-row tile make both warp groups compute the same wgmma. 64-row tiles at head dim 128 therefore
+    run on one warp group (4 warps); dk/dv then walks 32-row query sub-tiles to stay clear of spills."""
+    return head_dim >= 128 and block_size >= 64
+
+
+def arch_of(device) -> int:
+    """``10 * major + minor`` of a CUDA device (cached by torch, no synchronisation); 80 elsewhere (the
+    interpreter), so CPU runs use the sm_80 configurations."""
+    if device.type != "cuda":
+        return 80
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _stages(head_dim: int) -> int:
@@ -108,17 +125,22 @@ def fwd_config(dtype: torch.dtype, head_dim: int, block_size: int) -> KernelConf
     return KernelConfig(bm, bn, w, _stages(head_dim))
 
 
-def bwd_dq_config(dtype: torch.dtype, head_dim: int, block_size: int) -> KernelConfig:
+def bwd_dq_config(dtype: torch.dtype, head_dim: int, block_size: int, arch: int = 80) -> KernelConfig:
     if dtype == torch.float32:
         return _fp32_config(head_dim, block_size)
     bm = bn = min(block_size, 64)
+    if arch >= 90 and _hopper_bwd(head_dim, block_size):
+        return KernelConfig(bm, bn, 4, _stages(head_dim))
     return KernelConfig(bm, bn, _bwd_warps(bm, bn, head_dim), _stages(head_dim))
 
 
-def bwd_dkdv_config(dtype: torch.dtype, head_dim: int, block_size: int) -> KernelConfig:
+def bwd_dkdv_config(dtype: torch.dtype, head_dim: int, block_size: int, arch: int = 80) -> KernelConfig:
+    """``block_n`` key rows per program, ``block_m`` query rows per step."""
     if dtype == torch.float32:
         return _fp32_config(head_dim, block_size, max_dim_for_32=32)  # two accumulators: spills at 32 x 64
     bm = bn = min(block_size, 64)
+    if arch >= 90 and _hopper_bwd(head_dim, block_size):
+        return KernelConfig(32, bn, 4, _stages(head_dim))
     return KernelConfig(bm, bn, _bwd_warps(bm, bn, head_dim), _stages(head_dim))
 
 
@@ -186,15 +208,63 @@ def _num_splits(nb: int, width: int, which: str) -> tuple[int, int]:
     return n, per
 
 
+@dataclass(frozen=True)
+class _Static:
+    """The layout-independent parts of a plan (the only ones built from host lists)."""
+
+    glob_items: torch.Tensor  # (G * fwd_splits, 4) int64: forward items of the global query rows
+    rows: torch.Tensor  # (nb - G,) int64: the non-global blocks
+    gcols: torch.Tensor  # (G,) int64: the global blocks
+    g_slot: torch.Tensor  # (G, bwd_splits) int64: scratch slot of each dk/dv split (-1: no split)
+    glob: torch.Tensor  # (G,) int32
+
+
+_STATIC: dict = {}
+
+
+def _static_tables(nb: int, width: int, gb: tuple, nsf: int, perf: int, nsb: int, device) -> _Static:
+    """:class:`_Static` for these sizes, cached per (nb, W, global blocks, splits, device): layouts that
+    differ only in their random blocks (``resample`` makes one per call) copy nothing from the host.
+    Cached tables are built outside inference mode, so that a later training call can save them."""
+    key = (nb, width, gb, nsf, perf, nsb, torch.device(device))
+    if torch.compiler.is_compiling():
+        return _build_static(nb, width, gb, nsf, perf, nsb, device)
+    if key not in _STATIC:
+        with torch.inference_mode(False):
+            _STATIC[key] = _build_static(nb, width, gb, nsf, perf, nsb, device)
+    return _STATIC[key]
+
+
+def _build_static(nb: int, width: int, gb: tuple, nsf: int, perf: int, nsb: int, device) -> _Static:
+    i64 = dict(dtype=torch.int64, device=device)
+    G = len(gb)
+    items = []
+    for g, row in enumerate(gb):
+        for s in range(nsf):
+            lo = nb * width + s * perf
+            items.append((row, lo, min(lo + perf, nb * width + nb), g * nsf + s if nsf > 1 else -1))
+    g_slot = [[g * nsb + s if nsb > 1 else -1 for s in range(nsb)] for g in range(G)]
+    return _Static(
+        glob_items=torch.tensor(items, **i64).reshape(len(items), 4),
+        rows=torch.tensor([i for i in range(nb) if i not in set(gb)], **i64),
+        gcols=torch.tensor(gb, **i64).reshape(G),
+        g_slot=torch.tensor(g_slot, **i64).reshape(G, nsb),
+        glob=torch.tensor(gb, dtype=torch.int32, device=device).reshape(G),
+    )
+
+
 def build_plan(layout) -> Plan:
-    """Tables of ``layout`` for the kernels (torch ops on the layout's device, no host sync)."""
+    """Tables of ``layout`` for the kernels: torch ops on the layout's device, with no host sync, and
+    no host-to-device copy once :func:`_static_tables` holds this layout's sizes."""
     kv = layout.kv_indices.long()
     H, nb, W = kv.shape
     dev = kv.device
     gb = tuple(layout.global_blocks)
     G = len(gb)
-    ng_rows = [i for i in range(nb) if i not in set(gb)]
     i64 = dict(dtype=torch.int64, device=dev)
+    nsf, perf = _num_splits(nb, W, "fwd")
+    nsb, perb = _num_splits(nb, W, "bwd")
+    st = _static_tables(nb, W, gb, nsf, perf, nsb, dev)
 
     # deduplicate each row's list: ascending unique blocks with their multiplicities
     n = layout.kv_num_blocks.long()
@@ -212,17 +282,11 @@ def build_plan(layout) -> Plan:
     # forward / dq lists and items
     fwd_idx = torch.cat([idx.reshape(H, nb * W), torch.arange(nb, **i64).expand(H, nb)], dim=1)
     fwd_cnt = torch.cat([cnt.reshape(H, nb * W), torch.ones(H, nb, **i64)], dim=1)
-    nsf, perf = _num_splits(nb, W, "fwd")
-    items = []
-    for g, row in enumerate(gb):
-        for s in range(nsf):
-            lo = nb * W + s * perf
-            items.append((row, lo, min(lo + perf, nb * W + nb), g * nsf + s if nsf > 1 else -1))
-    glob_items = torch.tensor(items, **i64).reshape(1, len(items), 4).expand(H, -1, -1)
-    rows = torch.tensor(ng_rows, **i64)
+    glob_items = st.glob_items[None].expand(H, -1, -1)
+    rows = st.rows
     lo = rows * W
     row_items = torch.stack(
-        [rows.expand(H, -1), lo.expand(H, -1), lo[None, :] + num[:, rows], torch.full((H, len(ng_rows)), -1, **i64)],
+        [rows.expand(H, -1), lo.expand(H, -1), lo[None, :] + num[:, rows], torch.full((H, nb - G), -1, **i64)],
         dim=-1,
     )
     fwd_items = torch.cat([glob_items, row_items], dim=1)
@@ -231,7 +295,7 @@ def build_plan(layout) -> Plan:
     ent_rows = torch.arange(nb, **i64)[None, :, None].expand(H, nb, W)
     ent_valid = slot[None, None, :] < num[..., None]
     ent_cols = torch.where(ent_valid, idx, torch.full_like(idx, nb))
-    g_rows = torch.tensor(gb, **i64).repeat_interleave(nb)  # (G * nb,)
+    g_rows = st.gcols.repeat_interleave(nb)  # (G * nb,)
     g_cols = torch.arange(nb, **i64).repeat(G)
     rows_all = torch.cat([ent_rows.reshape(H, -1), g_rows.expand(H, -1)], dim=1)
     cols_all = torch.cat([ent_cols.reshape(H, -1), g_cols.expand(H, -1)], dim=1)
@@ -244,24 +308,21 @@ def build_plan(layout) -> Plan:
 
     # a global column is read by each non-global row at most once (lists are deduplicated) and by
     # each global row once: its list has at most nb entries
-    nsb, perb = _num_splits(nb, W, "bwd")
     parts = []
     if G:
-        gcols = torch.tensor(gb, **i64)
+        gcols = st.gcols
         s_idx = torch.arange(nsb, **i64)
         g_lo = off[:, gcols][:, :, None] + s_idx[None, None, :] * perb  # (H, G, nsb)
         g_end = off[:, gcols + 1][:, :, None].expand_as(g_lo)
         g_hi = torch.minimum(g_lo + perb, g_end) if nsb > 1 else g_end
-        g_slot = (torch.arange(G, **i64)[:, None] * nsb + s_idx[None, :]) if nsb > 1 else torch.full((G, 1), -1, **i64)
+        g_slot = st.g_slot
         g_col = gcols[:, None].expand(G, nsb)
         parts.append(
             torch.stack([g_col.expand(H, G, nsb), g_lo, g_hi, g_slot.expand(H, G, nsb)], dim=-1).reshape(H, G * nsb, 4)
         )
-    cols = torch.tensor(ng_rows, **i64)
+    cols = st.rows
     parts.append(
-        torch.stack(
-            [cols.expand(H, -1), off[:, cols], off[:, cols + 1], torch.full((H, len(ng_rows)), -1, **i64)], dim=-1
-        )
+        torch.stack([cols.expand(H, -1), off[:, cols], off[:, cols + 1], torch.full((H, nb - G), -1, **i64)], dim=-1)
     )
     bwd_items = torch.cat(parts, dim=1)
 
@@ -276,7 +337,7 @@ def build_plan(layout) -> Plan:
         bwd_items=as32(bwd_items),
         bwd_idx=as32(bwd_idx),
         bwd_cnt=as32(bwd_cnt),
-        glob=torch.tensor(gb, dtype=torch.int32, device=dev).reshape(G),
+        glob=st.glob,
         fwd_splits=nsf,
         bwd_splits=nsb,
     )
@@ -286,7 +347,8 @@ _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def get_plan(layout) -> Plan:
-    """:func:`build_plan`, cached per layout object (and split override) outside of tracing."""
+    """:func:`build_plan`, cached per layout object (and split override) outside of tracing. Cached
+    plans are built outside inference mode, so that a later training call can save them."""
     if torch.compiler.is_compiling():
         return build_plan(layout)
     key = (_SPLIT_OVERRIDE.get("fwd"), _SPLIT_OVERRIDE.get("bwd"))
@@ -296,7 +358,8 @@ def get_plan(layout) -> Plan:
         _PLANS[layout] = per_layout
     plan = per_layout.get(key)
     if plan is None:
-        plan = per_layout[key] = build_plan(layout)
+        with torch.inference_mode(False):
+            plan = per_layout[key] = build_plan(layout)
     return plan
 
 
@@ -414,7 +477,8 @@ def _bigbird_attn_bwd(dout, grad_lse, q, k, v, out, lse, attention_mask, fwd_ite
     # dq
     n_slots_f = G * fwd_splits if fwd_splits > 1 else 0
     part_dq = _alloc((max(1, B * H * n_slots_f * block_size), D), torch.float32, dev)
-    cfg = bwd_dq_config(q.dtype, D, block_size)
+    arch = arch_of(dev)
+    cfg = bwd_dq_config(q.dtype, D, block_size, arch)
     n_items = fwd_items.shape[1]
     K._bigbird_attn_bwd_dq_kernel[(n_items * (block_size // cfg.block_m) * B * H,)](
         q, k, v, dout, lse, delta, dq, part_dq, mask,
@@ -431,7 +495,7 @@ def _bigbird_attn_bwd(dout, grad_lse, q, k, v, out, lse, attention_mask, fwd_ite
     n_slots_b = G * bwd_splits if bwd_splits > 1 else 0
     part_dk = _alloc((max(1, B * H * n_slots_b * block_size), D), torch.float32, dev)
     part_dv = _alloc((max(1, B * H * n_slots_b * block_size), D), torch.float32, dev)
-    cfg = bwd_dkdv_config(q.dtype, D, block_size)
+    cfg = bwd_dkdv_config(q.dtype, D, block_size, arch)
     n_items = bwd_items.shape[1]
     K._bigbird_attn_bwd_dkdv_kernel[(n_items * (block_size // cfg.block_n) * B * H,)](
         q, k, v, dout, lse, delta, dk, dv, part_dk, part_dv, mask,
@@ -499,52 +563,65 @@ def _unit_strides(fn) -> dict:
     return {name: 1 for group in _STRIDE_GROUPS.values() for name in group[3:] if name in fn.arg_names}
 
 
+CONFIG_ARCHS = (80, 90)  # configuration families: sm_80 (and every non-Hopper target), sm_90
+
+
+def arch_family(cc: int) -> int:
+    return 90 if cc >= 90 else 80
+
+
 def launch_configs() -> list[dict]:
     """Every kernel configuration the launchers can launch, deduplicated.
 
-    Each entry: ``name`` (readable id), ``fn`` (the JIT function), ``signature`` and ``constexprs``
-    (for ``triton.compiler.ASTSource``, with unit inner strides specialised to 1 as the JIT does for
-    contiguous inputs), ``num_warps``, ``num_stages``.
+    Each entry: ``name`` (readable id; ``@sm90`` / ``@sm80`` when the configuration differs between the
+    families of :data:`CONFIG_ARCHS`), ``fn`` (the JIT function), ``signature`` and ``constexprs`` (for
+    ``triton.compiler.ASTSource``, with unit inner strides specialised to 1 as the JIT does for
+    contiguous inputs), ``num_warps``, ``num_stages``, ``archs`` (the families that launch it).
     """
-    out, seen = [], set()
+    by_key: dict = {}
 
-    def add(fn, dtype, cfg: KernelConfig, consts: dict, what: str):
+    def add(fn, dtype, cfg: KernelConfig, consts: dict, what: str, arch: int):
         consts = {**consts, **_unit_strides(fn)}
         key = (fn.__name__, dtype, cfg.num_warps, cfg.num_stages, tuple(sorted(consts.items())))
-        if key in seen:
+        if key in by_key:
+            by_key[key]["archs"].add(arch)
             return
-        seen.add(key)
-        out.append(dict(
+        by_key[key] = dict(
             name=f"{fn.__name__}[{what}]",
             fn=fn,
             signature=_signature(fn, dtype, consts),
             constexprs=consts,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
-        ))
+            archs={arch},
+        )
 
-    for dtype in SUPPORTED_DTYPES:
-        t = _TL_DTYPE[dtype]
-        prec = _dot_precision(dtype)
-        for D in SUPPORTED_HEAD_DIMS:
-            for bs in SUPPORTED_BLOCK_SIZES:
-                for has_mask in (False, True):
-                    what = f"{t},D={D},bs={bs},mask={int(has_mask)}"
-                    for fn, cfg_fn in ((K._bigbird_attn_fwd_kernel, fwd_config),
-                                       (K._bigbird_attn_bwd_dq_kernel, bwd_dq_config),
-                                       (K._bigbird_attn_bwd_dkdv_kernel, bwd_dkdv_config)):
-                        cfg = cfg_fn(dtype, D, bs)
-                        add(fn, dtype, cfg, dict(BLOCK_SIZE=bs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                                                 HEAD_DIM=D, HAS_MASK=has_mask, DOT_PRECISION=prec), what)
+    for arch in CONFIG_ARCHS:
+        for dtype in SUPPORTED_DTYPES:
+            t = _TL_DTYPE[dtype]
+            prec = _dot_precision(dtype)
+            for D in SUPPORTED_HEAD_DIMS:
+                for bs in SUPPORTED_BLOCK_SIZES:
+                    for has_mask in (False, True):
+                        what = f"{t},D={D},bs={bs},mask={int(has_mask)}"
+                        for fn, cfg in ((K._bigbird_attn_fwd_kernel, fwd_config(dtype, D, bs)),
+                                        (K._bigbird_attn_bwd_dq_kernel, bwd_dq_config(dtype, D, bs, arch)),
+                                        (K._bigbird_attn_bwd_dkdv_kernel, bwd_dkdv_config(dtype, D, bs, arch))):
+                            add(fn, dtype, cfg, dict(BLOCK_SIZE=bs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                                     HEAD_DIM=D, HAS_MASK=has_mask, DOT_PRECISION=prec), what, arch)
+                        sc = _small_config(bs, D)
+                        add(K._bigbird_attn_fwd_merge_kernel, dtype, sc,
+                            dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D, HAS_MASK=has_mask), what, arch)
                     sc = _small_config(bs, D)
-                    add(K._bigbird_attn_fwd_merge_kernel, dtype, sc,
-                        dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D, HAS_MASK=has_mask), what)
-                sc = _small_config(bs, D)
-                what = f"{t},D={D},bs={bs}"
-                add(K._bigbird_attn_bwd_preprocess_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
-                    dict(BLOCK_M=sc.block_m, HEAD_DIM=D), what)
-                add(K._bigbird_attn_bwd_reduce_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
-                    dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D), what)
+                    what = f"{t},D={D},bs={bs}"
+                    add(K._bigbird_attn_bwd_preprocess_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
+                        dict(BLOCK_M=sc.block_m, HEAD_DIM=D), what, arch)
+                    add(K._bigbird_attn_bwd_reduce_kernel, dtype, KernelConfig(sc.block_m, 0, sc.num_warps, 1),
+                        dict(BLOCK_SIZE=bs, BLOCK_M=sc.block_m, HEAD_DIM=D), what, arch)
+    out = list(by_key.values())
+    for c in out:
+        if len(c["archs"]) < len(CONFIG_ARCHS):
+            c["name"] += "".join(f"@sm{a}" for a in sorted(c["archs"]))
     return out
 
 
