@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .hub import CONFIG_NAME, resolve_checkpoint_dir
+
 __all__ = ["BigBirdConfig", "CONFIG_NAME", "SUPPORTED_ACTIVATIONS", "LAYOUT_MODES", "ATTENTION_TYPES"]
 
-CONFIG_NAME = "config.json"
 ATTENTION_TYPES = ("block_sparse", "original_full")
 LAYOUT_MODES = ("hf", "seeded", "resample")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -306,18 +307,16 @@ class BigBirdConfig:
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, local_files_only=None, revision=None, cache_dir=None, **overrides):
-        """Read ``config.json`` from a directory, a file path, or a hub id (see :mod:`bigbird.checkpoint`).
+        """Read ``config.json`` from a directory, a file path, or a hub id (see :mod:`bigbird.hub`).
 
         Raises:
             FileNotFoundError: no ``config.json`` there; a name that looks like a local path and does
-                not exist (at once, no hub look-up; see :func:`bigbird.checkpoint.looks_like_local_path`).
+                not exist (at once, no hub look-up; see :func:`bigbird.hub.looks_like_local_path`).
             ValueError: not JSON, not a BigBird config, or an invalid field (named; see :meth:`validate`).
         """
         p = Path(os.path.expanduser(str(name_or_path)))
         if p.is_file():
             return cls.from_json_file(p, **overrides)
-        from .checkpoint import resolve_checkpoint_dir
-
         folder = resolve_checkpoint_dir(name_or_path, local_files_only=local_files_only, revision=revision,
                                         cache_dir=cache_dir, config_only=True)
         return cls.from_json_file(folder / CONFIG_NAME, **overrides)

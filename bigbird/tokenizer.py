@@ -275,7 +275,7 @@ class BigBirdTokenizer:
         * a Hugging Face hub id (``google/bigbird-roberta-base``), resolved through the hub cache exactly
           as the models resolve it (``HF_HUB_CACHE`` / ``HF_HOME``, offline with ``HF_HUB_OFFLINE=1``
           or ``local_files_only=True``; ``revision``, ``cache_dir``). A name that looks like a local
-          path (:func:`bigbird.checkpoint.looks_like_local_path`) is never looked up on the hub.
+          path (:func:`bigbird.hub.looks_like_local_path`) is never looked up on the hub.
 
         A leading ``~`` is expanded. Keyword arguments (``cls_token="[CLS]"``, ...) override the
         special token names.
@@ -288,7 +288,7 @@ class BigBirdTokenizer:
         given = os.fspath(path)
         path = Path(os.path.expanduser(given))
         if not path.exists():
-            from .checkpoint import looks_like_local_path, resolve_hub_files
+            from .hub import looks_like_local_path, resolve_hub_files
 
             if not looks_like_local_path(given):
                 path = resolve_hub_files(given, (TOKENIZER_FILE, SPIECE_FILE), (CONFIG_FILE,), revision=revision,
