@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .config import BigBirdConfig
+from .config import BigBirdConfig, check_override_keys, read_config_dict
 from .hub import (
     CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -167,6 +167,57 @@ def _parse_dtype(dtype):
     return names[key]
 
 
+# transformers' attn_implementation values -> our attention backends. "flash_attention_2" asks for
+# fused kernels: "auto" picks ours (CUDA, else Triton) on a GPU and the reference on a CPU.
+ATTN_IMPLEMENTATIONS = {"eager": "reference", "sdpa": "sdpa", "flash_attention_2": "auto", "flex_attention": "flex"}
+
+
+def _pick_dtype(dtype, torch_dtype):
+    """One dtype from ``dtype`` and its transformers alias ``torch_dtype`` (None or "auto": the checkpoint's)."""
+    dtype, torch_dtype = _parse_dtype(dtype), _parse_dtype(torch_dtype)
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass one of them")
+    return dtype if dtype is not None else torch_dtype
+
+
+def _pick_device(device, device_map):
+    """The one device to load on, from ``device`` and transformers' ``device_map``.
+
+    ``device_map`` may be "auto" (CUDA when available, else the CPU), "cpu", "cuda", "cuda:N", an int
+    (a CUDA index) or a ``torch.device``; a dict (layers spread over devices) and the dispatch
+    strategies "balanced" / "sequential" are refused: the model loads on one device.
+    """
+    if device_map is None:
+        return device
+    if isinstance(device_map, dict):
+        raise ValueError("device_map as a dict (layers spread over devices) is not supported: BigBird loads on one "
+                         "device; pass device_map='auto', 'cpu', 'cuda', 'cuda:N' or a torch.device")
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        target = torch.device(device_map)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device_map={device_map!r} is not supported: pass 'auto', 'cpu', 'cuda', 'cuda:N', a CUDA "
+                         "index or a torch.device (the model loads on one device)") from None
+    if device is not None and torch.device(device) != target:
+        raise ValueError(f"device={device!r} and device_map={device_map!r} disagree; pass one of them")
+    return target
+
+
+def _attention_backend(attn_implementation, config_overrides: dict):
+    """Put transformers' ``attn_implementation`` into ``config_overrides`` as our ``attention_backend``."""
+    if attn_implementation is None:
+        return
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation={attn_implementation!r} is not supported; expected one of "
+                         f"{sorted(ATTN_IMPLEMENTATIONS)} (or attention_backend= one of our backends)")
+    backend = ATTN_IMPLEMENTATIONS[attn_implementation]
+    given = config_overrides.setdefault("attention_backend", backend)
+    if given != backend:
+        raise ValueError(f"attn_implementation={attn_implementation!r} means attention_backend={backend!r}, but "
+                         f"attention_backend={given!r} was passed too; pass one of them")
+
+
 def _map_keys(state: dict, model, ignore_unexpected) -> tuple[dict, list[str], list[str]]:
     """Rename checkpoint keys to ours. Returns (mapped state, dropped head keys, unexpected keys)."""
     prefix = model.base_model_prefix
@@ -207,21 +258,29 @@ def _map_keys(state: dict, model, ignore_unexpected) -> tuple[dict, list[str], l
     return mapped, dropped, unexpected
 
 
-def load_pretrained(cls, name_or_path, *, config=None, dtype=None, device=None, local_files_only=None,
-                    revision=None, cache_dir=None, allow_missing=(), ignore_unexpected=(),
-                    output_loading_info=False, config_overrides=None):
+def load_pretrained(cls, name_or_path, *, config=None, dtype=None, torch_dtype=None, device=None, device_map=None,
+                    attn_implementation=None, local_files_only=None, revision=None, cache_dir=None,
+                    allow_missing=(), ignore_unexpected=(), output_loading_info=False, config_overrides=None):
     """Implementation of :meth:`BigBirdPreTrainedModel.from_pretrained` (see there)."""
     if isinstance(allow_missing, str):
         allow_missing = (allow_missing,)
     if isinstance(ignore_unexpected, str):
         ignore_unexpected = (ignore_unexpected,)
-    dtype = _parse_dtype(dtype)
+    dtype = _pick_dtype(dtype, torch_dtype)
+    device = _pick_device(device, device_map)
     config_overrides = dict(config_overrides or {})
+    _attention_backend(attn_implementation, config_overrides)
     model_kwargs = {k: config_overrides.pop(k) for k in ("add_pooling_layer",) if k in config_overrides}
-    folder = resolve_checkpoint_dir(name_or_path, local_files_only=local_files_only, revision=revision,
-                                    cache_dir=cache_dir)
+    hub = {"local_files_only": local_files_only, "revision": revision, "cache_dir": cache_dir}
+    # keywords are checked against the config before the weights are fetched: a typo fails at once
     if config is None:
-        config = BigBirdConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
+        config_dict = read_config_dict(resolve_checkpoint_dir(name_or_path, config_only=True, **hub) / CONFIG_NAME)
+    else:
+        config_dict = config.to_dict()
+    check_override_keys(config_overrides, config_dict, f"{cls.__name__}.from_pretrained")
+    folder = resolve_checkpoint_dir(name_or_path, **hub)
+    if config is None:
+        config = BigBirdConfig.from_dict(config_dict, **config_overrides)
     elif config_overrides:
         config = config.copy(**config_overrides)
     if dtype is None and config.dtype is not None:

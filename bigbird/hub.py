@@ -23,6 +23,7 @@ __all__ = [
     "resolve_checkpoint_dir",
     "resolve_hub_files",
     "read_index",
+    "refuse_push_to_hub",
 ]
 
 CONFIG_NAME = "config.json"
@@ -192,3 +193,15 @@ def read_index(path: Path) -> dict[str, str]:
             raise ValueError(f"shard index {path} names {shard!r} for {key!r}: shard files must lie inside "
                              "the checkpoint folder (relative names, no '..')")
     return weight_map
+
+
+def refuse_push_to_hub(what: str):
+    """Raise ``NotImplementedError`` for ``push_to_hub`` on a ``what`` ("model", "config", "tokenizer").
+
+    This package never uploads (it runs offline); the message says how to publish with ``huggingface_hub``.
+    """
+    raise NotImplementedError(
+        f"push_to_hub is not supported: bigbird-kernels never uploads. Save the {what} with "
+        f"{what}.save_pretrained(folder), then upload the folder with huggingface_hub: "
+        "HfApi().upload_folder(repo_id='org/name', folder_path=folder)"
+    )
