@@ -92,14 +92,20 @@ __all__ = [
     "AutoModelForTokenClassification",
     "AutoModelForQuestionAnswering",
     "AutoTokenizer",
+    "pipeline",
 ]
 
 
 def __getattr__(name):
-    # the tokenizer (and its optional dependencies) is imported on first use only
+    # the tokenizer (and its optional dependencies) and the pipelines are imported on first use only
     if name == "BigBirdTokenizer":
         from .tokenizer import BigBirdTokenizer
 
         globals()["BigBirdTokenizer"] = BigBirdTokenizer
         return BigBirdTokenizer
+    if name == "pipeline":
+        from .pipelines import pipeline
+
+        globals()["pipeline"] = pipeline
+        return pipeline
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -457,6 +457,10 @@ class BigBirdTokenizer:
             ids = [i for i in ids if i not in added]
         return [self.convert_ids_to_tokens(i) for i in ids]
 
+    def convert_tokens_to_string(self, tokens: Iterable[str]) -> str:
+        """Text of a sequence of token strings (the backend's decoder, as transformers')."""
+        return self.backend.decoder.decode(list(tokens))
+
     # -- encoding and decoding -------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[str]:
