@@ -86,8 +86,8 @@ _OUR_FIELDS: dict[str, Any] = {
 _DROPPED_ON_READ = ("model_type", "_name_or_path", "name_or_path", "_commit_hash", "transformers_version",
                     "torch_dtype", "attn_implementation", "_attn_implementation_internal")
 
-# every keyword a config accepts as a field (num_labels sets id2label / label2id)
-FIELD_NAMES = frozenset({*_HF_FIELDS, *_OUR_FIELDS, "num_labels"})
+# every keyword a config accepts as a field (num_labels sets id2label / label2id; torch_dtype is dtype)
+FIELD_NAMES = frozenset({*_HF_FIELDS, *_OUR_FIELDS, "num_labels", "torch_dtype"})
 
 _INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings", "type_vocab_size", "block_size", "num_random_blocks",
@@ -322,6 +322,9 @@ class BigBirdConfig:
         mt = d.get("model_type")
         if mt is not None and mt != cls.model_type:
             raise ValueError(f"config has model_type {mt!r}, expected {cls.model_type!r} (a BigBird config)")
+        if "torch_dtype" in overrides:  # the transformers alias overrides the file's dtype too
+            overrides = dict(overrides)
+            overrides.setdefault("dtype", overrides.pop("torch_dtype"))
         d.update(overrides)
         return cls(**d)
 

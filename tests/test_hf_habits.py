@@ -85,6 +85,7 @@ def test_config_fields_override(ckpt):
     m = CLS.from_pretrained(ckpt, num_labels=5, layout_mode="seeded", allow_missing=("classifier.*",))
     assert m.config.num_labels == 5 and m.config.layout_mode == "seeded"
     assert BigBirdConfig.from_pretrained(ckpt, num_labels=4).num_labels == 4
+    assert BigBirdConfig.from_pretrained(ckpt, torch_dtype="bfloat16").dtype == "bfloat16"
     assert bigbird.BigBirdModel.from_pretrained(ckpt, add_pooling_layer=False).pooler is None
 
 
