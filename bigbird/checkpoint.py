@@ -192,15 +192,20 @@ def _pick_device(device, device_map):
     if isinstance(device_map, dict):
         raise ValueError("device_map as a dict (layers spread over devices) is not supported: BigBird loads on one "
                          "device; pass device_map='auto', 'cpu', 'cuda', 'cuda:N' or a torch.device")
-    if device_map == "auto":
-        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = device_map
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    elif isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0:
+        spec = f"cuda:{spec}"  # an index names a CUDA device, as in transformers
     try:
-        target = torch.device(device_map)
+        target = torch.device(spec)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"device_map={device_map!r} is not supported: pass 'auto', 'cpu', 'cuda', 'cuda:N', a CUDA "
                          "index or a torch.device (the model loads on one device)") from None
     if device is not None and torch.device(device) != target:
         raise ValueError(f"device={device!r} and device_map={device_map!r} disagree; pass one of them")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device_map={device_map!r} asks for CUDA, but torch sees no CUDA device (use 'auto' or 'cpu')")
     return target
 
 

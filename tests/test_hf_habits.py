@@ -45,6 +45,10 @@ def test_device_map(ckpt):
         CLS.from_pretrained(ckpt, device_map={"": "cpu"})
     with pytest.raises(ValueError, match="device_map='balanced' is not supported"):
         CLS.from_pretrained(ckpt, device_map="balanced")
+    if not torch.cuda.is_available():
+        for spelling in ("cuda", 0, "cuda:1", torch.device("cuda")):
+            with pytest.raises(ValueError, match="asks for CUDA, but torch sees no CUDA device"):
+                CLS.from_pretrained(ckpt, device_map=spelling)
     with pytest.raises(ValueError, match="device='cpu' and device_map='meta' disagree"):
         CLS.from_pretrained(ckpt, device="cpu", device_map="meta")
 
