@@ -21,7 +21,7 @@ weights load in one dtype: the ``dtype`` argument, else the config's ``dtype`` (
 that of the first floating tensor of the checkpoint, so ``model.dtype`` holds for every parameter.
 
 Saving is atomic per file (:mod:`bigbird.atomic`): a failed or interrupted save leaves the previous
-checkpoint loadable and complete.
+checkpoint loadable and complete. Folders and hub ids are resolved by :mod:`bigbird.hub`.
 """
 
 from __future__ import annotations
