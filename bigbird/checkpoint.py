@@ -21,20 +21,32 @@ weights load in one dtype: the ``dtype`` argument, else the config's ``dtype`` (
 that of the first floating tensor of the checkpoint, so ``model.dtype`` holds for every parameter.
 
 Saving is atomic per file (:mod:`bigbird.atomic`): a failed or interrupted save leaves the previous
-checkpoint loadable and complete.
+checkpoint loadable and complete. Folders and hub ids are resolved by :mod:`bigbird.hub`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import torch
 
-from .config import CONFIG_NAME, BigBirdConfig
+from .config import BigBirdConfig, check_override_keys, read_config_dict
+from .hub import (
+    CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_NAMES,
+    looks_like_local_path,
+    read_index,
+    resolve_checkpoint_dir,
+    resolve_hub_files,
+)
 
+# resolve_checkpoint_dir, resolve_hub_files and looks_like_local_path live in bigbird.hub; they stay
+# importable from here because bigbird.inference and bigbird.encoder_decoder import them from this module
 __all__ = [
     "load_pretrained",
     "save_pretrained",
@@ -47,184 +59,14 @@ __all__ = [
     "WEIGHTS_NAME",
 ]
 
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "pytorch_model.bin"
-WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
-
 # buffers some old checkpoints store; never parameters of ours
 _IGNORED_BUFFERS = ("*embeddings.position_ids", "*embeddings.token_type_ids")
 _BASE_TOP = ("embeddings", "encoder", "pooler")
 
 
 # --------------------------------------------------------------------------------------------------
-# locating files
-# --------------------------------------------------------------------------------------------------
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _default_cache_dir() -> Path:
-    """The hub cache as the environment says *now* (HF_HUB_CACHE, else HF_HOME/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Whether ``name`` can only mean a local path, never a Hugging Face hub id (``org/name``).
-
-    True when it starts with ``.``, ``~`` or ``/``, contains a backslash, is not a valid hub id
-    (``huggingface_hub.utils.validate_repo_id``: e.g. more than one ``/``, a trailing ``/``, a drive
-    ``C:``, spaces), or its first component is an existing local directory (``runs/ckpt-1`` with
-    ``runs/`` present). Such a name that does not exist is reported as a missing directory at once,
-    with no hub look-up.
-    """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.startswith((".", "~", "/")) or "\\" in name:
-        return True
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return True
-    return "/" in name and os.path.isdir(name.split("/", 1)[0])
-
-
-def resolve_checkpoint_dir(name_or_path, *, local_files_only=None, revision=None, cache_dir=None,
-                           config_only: bool = False) -> Path:
-    """A local folder holding ``config.json`` (and, unless ``config_only``, the weights).
-
-    ``name_or_path`` is a directory, or a hub id resolved with ``huggingface_hub.hf_hub_download`` in
-    the hub cache (``cache_dir``, else ``HF_HUB_CACHE`` / ``HF_HOME``). ``local_files_only`` defaults to
-    True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set.
-
-    Raises:
-        FileNotFoundError: a directory without ``config.json`` or weights; a name that looks like a
-            local path (:func:`looks_like_local_path`: ``./x``, ``~/x``, ``x/y/z``, ``dir/typo`` where
-            ``dir`` exists, ...) and does not exist, at once (no hub look-up); a hub id that cannot be
-            fetched or is not cached (offline). Each names the directory or the hub repo.
-    """
-    name = os.fspath(name_or_path)
-    path = Path(os.path.expanduser(name))
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in checkpoint directory {path}")
-        if not config_only and not any((path / w).is_file() for w in WEIGHTS_NAMES):
-            raise FileNotFoundError(
-                f"no weights in checkpoint directory {path}: looked for {', '.join(WEIGHTS_NAMES)}"
-            )
-        return path
-    if path.exists():
-        raise FileNotFoundError(f"checkpoint path {path} is not a directory")
-    if looks_like_local_path(name):
-        raise FileNotFoundError(f"checkpoint directory {name!r} does not exist ({path.absolute()}); a name that "
-                                "looks like a path is never looked up on the Hugging Face hub")
-    return _download(name, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir,
-                      config_only=config_only)
-
-
-def _hub_fetcher(repo_id: str, *, local_files_only, revision, cache_dir):
-    """``(fetch, where)``: ``fetch(filename)`` downloads one file of ``repo_id`` into the hub cache (or
-    finds it there offline) and returns its path; ``where`` describes the repo for error messages."""
-    from huggingface_hub import hf_hub_download
-
-    if local_files_only is None:
-        local_files_only = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
-    where = f"hub repo {repo_id!r} (revision {revision or 'main'}, cache {cache_dir}" + (
-        ", offline)" if local_files_only else ")")
-
-    def fetch(filename):
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, library_name="bigbird-kernels"))
-
-    return fetch, where
-
-
-def _download(repo_id: str, *, local_files_only, revision, cache_dir, config_only) -> Path:
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-
-    fetch, where = _hub_fetcher(repo_id, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir)
-    try:
-        cfg = fetch(CONFIG_NAME)
-    except (EntryNotFoundError, FileNotFoundError) as e:
-        raise FileNotFoundError(f"{CONFIG_NAME} not found for {where}: {type(e).__name__}: {e}") from None
-    except (HfHubHTTPError, OSError, ValueError) as e:  # repo/revision not found, no network, ...
-        raise FileNotFoundError(f"cannot fetch {CONFIG_NAME} of {where}: {type(e).__name__}: {e}") from None
-    folder = cfg.parent
-    if config_only:
-        return folder
-    errors = []
-    for w in WEIGHTS_NAMES:
-        try:
-            p = fetch(w)
-        except (EntryNotFoundError, FileNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-            errors.append(f"{w}: {type(e).__name__}")
-            continue
-        if w.endswith(".index.json"):
-            for shard in sorted(set(_read_index(p).values())):
-                fetch(shard)
-        return p.parent
-    raise FileNotFoundError(f"no weights found for {where}: looked for {', '.join(WEIGHTS_NAMES)} ({'; '.join(errors)})")
-
-
-def resolve_hub_files(repo_id: str, required: tuple[str, ...], optional: tuple[str, ...] = (), *,
-                      local_files_only=None, revision=None, cache_dir=None) -> Path:
-    """The hub-cache snapshot folder of ``repo_id`` holding at least one of ``required`` (and whichever
-    of ``optional`` the repo has), fetched as :func:`resolve_checkpoint_dir` fetches checkpoints.
-
-    Raises:
-        FileNotFoundError: none of ``required`` can be fetched (or found in the cache offline); names
-            the hub repo and every file looked for.
-    """
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-
-    fetch, where = _hub_fetcher(repo_id, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir)
-    found, errors = {}, []
-    for name in (*required, *optional):
-        try:
-            found[name] = fetch(name)
-        except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:  # absent, not cached offline, ...
-            errors.append(f"{name}: {type(e).__name__}")
-    if not any(name in found for name in required):
-        raise FileNotFoundError(f"no {' or '.join(required)} found for {where} ({'; '.join(errors)})")
-    return next(iter(found.values())).parent
-
-
-# --------------------------------------------------------------------------------------------------
 # reading weights
 # --------------------------------------------------------------------------------------------------
-
-
-def _read_index(path: Path) -> dict[str, str]:
-    """The ``weight_map`` of a shard index: ``{tensor key: shard file name}``.
-
-    Raises ``ValueError`` naming the index when it is not JSON, has no ``weight_map`` object, or a
-    shard name is not a string, or not a relative path inside the checkpoint folder (an absolute path,
-    a drive or a ``..`` component, with ``/`` or ``\\`` separators, is refused: the index must not make
-    us read, fetch or delete a file elsewhere).
-    """
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"corrupt shard index {path}: {type(e).__name__}: {e}") from None
-    for key, shard in weight_map.items():
-        if not isinstance(shard, str):
-            raise ValueError(f"corrupt shard index {path}: the shard of {key!r} is {shard!r}, not a file name")
-        as_windows = PureWindowsPath(shard)  # both separators; catches "/x", "C:x", "\\\\host\\x" too
-        if not as_windows.parts or as_windows.drive or as_windows.root or ".." in as_windows.parts:
-            raise ValueError(f"shard index {path} names {shard!r} for {key!r}: shard files must lie inside "
-                             "the checkpoint folder (relative names, no '..')")
-    return weight_map
 
 
 def _load_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -290,7 +132,7 @@ def read_state_dict(folder, dtype: torch.dtype | None = None) -> tuple[dict[str,
         source = folder / (SAFE_WEIGHTS_INDEX_NAME if safe else WEIGHTS_INDEX_NAME)
         loader = _load_safetensors if safe else _load_bin
         state = {}
-        for shard in sorted(set(_read_index(source).values())):
+        for shard in sorted(set(read_index(source).values())):
             state.update(loader(folder / shard, dtype))
     elif (folder / WEIGHTS_NAME).is_file():
         state, source = _load_bin(folder / WEIGHTS_NAME, dtype), folder / WEIGHTS_NAME
@@ -323,6 +165,62 @@ def _parse_dtype(dtype):
     if key not in names:
         raise ValueError(f"unknown dtype {dtype!r}; expected a torch.dtype or one of {sorted(names)}")
     return names[key]
+
+
+# transformers' attn_implementation values -> our attention backends. "flash_attention_2" asks for
+# fused kernels: "auto" picks ours (CUDA, else Triton) on a GPU and the reference on a CPU.
+ATTN_IMPLEMENTATIONS = {"eager": "reference", "sdpa": "sdpa", "flash_attention_2": "auto", "flex_attention": "flex"}
+
+
+def _pick_dtype(dtype, torch_dtype):
+    """One dtype from ``dtype`` and its transformers alias ``torch_dtype`` (None or "auto": the checkpoint's)."""
+    dtype, torch_dtype = _parse_dtype(dtype), _parse_dtype(torch_dtype)
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass one of them")
+    return dtype if dtype is not None else torch_dtype
+
+
+def _pick_device(device, device_map):
+    """The one device to load on, from ``device`` and transformers' ``device_map``.
+
+    ``device_map`` may be "auto" (CUDA when available, else the CPU), "cpu", "cuda", "cuda:N", an int
+    (a CUDA index) or a ``torch.device``; a dict (layers spread over devices) and the dispatch
+    strategies "balanced" / "sequential" are refused: the model loads on one device.
+    """
+    if device_map is None:
+        return device
+    if isinstance(device_map, dict):
+        raise ValueError("device_map as a dict (layers spread over devices) is not supported: BigBird loads on one "
+                         "device; pass device_map='auto', 'cpu', 'cuda', 'cuda:N' or a torch.device")
+    spec = device_map
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    elif isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0:
+        spec = f"cuda:{spec}"  # an index names a CUDA device, as in transformers
+    try:
+        target = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device_map={device_map!r} is not supported: pass 'auto', 'cpu', 'cuda', 'cuda:N', a CUDA "
+                         "index or a torch.device (the model loads on one device)") from None
+    if device is not None and torch.device(device) != target:
+        raise ValueError(f"device={device!r} and device_map={device_map!r} disagree; pass one of them")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device_map={device_map!r} asks for CUDA, but torch sees no CUDA device (use 'auto' or 'cpu')")
+    return target
+
+
+def _attention_backend(attn_implementation, config_overrides: dict):
+    """Put transformers' ``attn_implementation`` into ``config_overrides`` as our ``attention_backend``."""
+    if attn_implementation is None:
+        return
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation={attn_implementation!r} is not supported; expected one of "
+                         f"{sorted(ATTN_IMPLEMENTATIONS)} (or attention_backend= one of our backends)")
+    backend = ATTN_IMPLEMENTATIONS[attn_implementation]
+    given = config_overrides.setdefault("attention_backend", backend)
+    if given != backend:
+        raise ValueError(f"attn_implementation={attn_implementation!r} means attention_backend={backend!r}, but "
+                         f"attention_backend={given!r} was passed too; pass one of them")
 
 
 def _map_keys(state: dict, model, ignore_unexpected) -> tuple[dict, list[str], list[str]]:
@@ -365,21 +263,29 @@ def _map_keys(state: dict, model, ignore_unexpected) -> tuple[dict, list[str], l
     return mapped, dropped, unexpected
 
 
-def load_pretrained(cls, name_or_path, *, config=None, dtype=None, device=None, local_files_only=None,
-                    revision=None, cache_dir=None, allow_missing=(), ignore_unexpected=(),
-                    output_loading_info=False, config_overrides=None):
+def load_pretrained(cls, name_or_path, *, config=None, dtype=None, torch_dtype=None, device=None, device_map=None,
+                    attn_implementation=None, local_files_only=None, revision=None, cache_dir=None,
+                    allow_missing=(), ignore_unexpected=(), output_loading_info=False, config_overrides=None):
     """Implementation of :meth:`BigBirdPreTrainedModel.from_pretrained` (see there)."""
     if isinstance(allow_missing, str):
         allow_missing = (allow_missing,)
     if isinstance(ignore_unexpected, str):
         ignore_unexpected = (ignore_unexpected,)
-    dtype = _parse_dtype(dtype)
+    dtype = _pick_dtype(dtype, torch_dtype)
+    device = _pick_device(device, device_map)
     config_overrides = dict(config_overrides or {})
+    _attention_backend(attn_implementation, config_overrides)
     model_kwargs = {k: config_overrides.pop(k) for k in ("add_pooling_layer",) if k in config_overrides}
-    folder = resolve_checkpoint_dir(name_or_path, local_files_only=local_files_only, revision=revision,
-                                    cache_dir=cache_dir)
+    hub = {"local_files_only": local_files_only, "revision": revision, "cache_dir": cache_dir}
+    # keywords are checked against the config before the weights are fetched: a typo fails at once
     if config is None:
-        config = BigBirdConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
+        config_dict = read_config_dict(resolve_checkpoint_dir(name_or_path, config_only=True, **hub) / CONFIG_NAME)
+    else:
+        config_dict = config.to_dict()
+    check_override_keys(config_overrides, config_dict, f"{cls.__name__}.from_pretrained")
+    folder = resolve_checkpoint_dir(name_or_path, **hub)
+    if config is None:
+        config = BigBirdConfig.from_dict(config_dict, **config_overrides)
     elif config_overrides:
         config = config.copy(**config_overrides)
     if dtype is None and config.dtype is not None:
@@ -513,7 +419,7 @@ def save_pretrained(model, save_directory, *, safe_serialization: bool = True) -
     for index_name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
         if (d / index_name).is_file():
             try:
-                stale += sorted(set(_read_index(d / index_name).values()))
+                stale += sorted(set(read_index(d / index_name).values()))
             except ValueError:  # an unreadable old index: its shards cannot be known, leave them
                 pass
     write_files_atomically(d, {weights_name: write_weights,

@@ -15,9 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BigBirdConfig", "CONFIG_NAME", "SUPPORTED_ACTIVATIONS", "LAYOUT_MODES", "ATTENTION_TYPES"]
+from .hub import CONFIG_NAME, refuse_push_to_hub, resolve_checkpoint_dir
 
-CONFIG_NAME = "config.json"
+__all__ = ["BigBirdConfig", "CONFIG_NAME", "SUPPORTED_ACTIVATIONS", "LAYOUT_MODES", "ATTENTION_TYPES",
+           "check_override_keys", "read_config_dict"]
+
 ATTENTION_TYPES = ("block_sparse", "original_full")
 LAYOUT_MODES = ("hf", "seeded", "resample")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -84,9 +86,43 @@ _OUR_FIELDS: dict[str, Any] = {
 _DROPPED_ON_READ = ("model_type", "_name_or_path", "name_or_path", "_commit_hash", "transformers_version",
                     "torch_dtype", "attn_implementation", "_attn_implementation_internal")
 
+# every keyword a config accepts as a field (num_labels sets id2label / label2id; torch_dtype is dtype)
+FIELD_NAMES = frozenset({*_HF_FIELDS, *_OUR_FIELDS, "num_labels", "torch_dtype"})
+
 _INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings", "type_vocab_size", "block_size", "num_random_blocks",
                "chunk_size_feed_forward", "window_blocks")
+
+
+def read_config_dict(path: Path) -> dict[str, Any]:
+    """The JSON object in the ``config.json`` at ``path``, unvalidated.
+
+    Raises:
+        FileNotFoundError / ValueError: no such file, or not a JSON object (names the file).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
+    return d
+
+
+def check_override_keys(overrides, config_dict: dict[str, Any], caller: str, extra: tuple[str, ...] = ()) -> None:
+    """Raise ``TypeError`` naming every keyword of ``overrides`` that is neither a config field, a key of
+    ``config_dict`` (the ``config.json`` being overridden, unknown keys included, as in transformers) nor
+    one of ``extra``: a typo must not silently become a new config field."""
+    unknown = sorted(k for k in overrides if k not in FIELD_NAMES and k not in config_dict and k not in extra)
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: neither an option of "
+            f"{caller}() nor a field of BigBirdConfig (config fields passed as keywords override the config)"
+        )
 
 
 class BigBirdConfig:
@@ -286,41 +322,34 @@ class BigBirdConfig:
         mt = d.get("model_type")
         if mt is not None and mt != cls.model_type:
             raise ValueError(f"config has model_type {mt!r}, expected {cls.model_type!r} (a BigBird config)")
+        if "torch_dtype" in overrides:  # the transformers alias overrides the file's dtype too
+            overrides = dict(overrides)
+            overrides.setdefault("dtype", overrides.pop("torch_dtype"))
         d.update(overrides)
         return cls(**d)
 
     @classmethod
     def from_json_file(cls, path, **overrides) -> BigBirdConfig:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d, **overrides)
+        return cls.from_dict(read_config_dict(Path(path)), **overrides)
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, local_files_only=None, revision=None, cache_dir=None, **overrides):
-        """Read ``config.json`` from a directory, a file path, or a hub id (see :mod:`bigbird.checkpoint`).
+        """Read ``config.json`` from a directory, a file path, or a hub id (see :mod:`bigbird.hub`).
 
         Raises:
             FileNotFoundError: no ``config.json`` there; a name that looks like a local path and does
-                not exist (at once, no hub look-up; see :func:`bigbird.checkpoint.looks_like_local_path`).
+                not exist (at once, no hub look-up; see :func:`bigbird.hub.looks_like_local_path`).
             ValueError: not JSON, not a BigBird config, or an invalid field (named; see :meth:`validate`).
+            TypeError: a keyword that is not a config field (named).
         """
         p = Path(os.path.expanduser(str(name_or_path)))
-        if p.is_file():
-            return cls.from_json_file(p, **overrides)
-        from .checkpoint import resolve_checkpoint_dir
-
-        folder = resolve_checkpoint_dir(name_or_path, local_files_only=local_files_only, revision=revision,
-                                        cache_dir=cache_dir, config_only=True)
-        return cls.from_json_file(folder / CONFIG_NAME, **overrides)
+        if not p.is_file():
+            folder = resolve_checkpoint_dir(name_or_path, local_files_only=local_files_only, revision=revision,
+                                            cache_dir=cache_dir, config_only=True)
+            p = folder / CONFIG_NAME
+        d = read_config_dict(p)
+        check_override_keys(overrides, d, f"{cls.__name__}.from_pretrained")
+        return cls.from_dict(d, **overrides)
 
     def save_pretrained(self, save_directory) -> Path:
         """Write ``config.json`` into ``save_directory`` (created if needed); returns its path.
@@ -336,6 +365,10 @@ class BigBirdConfig:
         text = self.to_json_string()
         (path,) = write_files_atomically(save_directory, {CONFIG_NAME: lambda tmp: tmp.write_text(text, encoding="utf-8")})
         return path
+
+    def push_to_hub(self, *args, **kwargs):
+        """Refused: this package works offline (see :func:`bigbird.hub.refuse_push_to_hub`)."""
+        refuse_push_to_hub("config")
 
     def copy(self, **overrides) -> BigBirdConfig:
         d = self.to_dict()

@@ -478,7 +478,10 @@ class BigBirdPreTrainedModel(nn.Module):
         *,
         config: BigBirdConfig | None = None,
         dtype=None,
+        torch_dtype=None,
         device=None,
+        device_map=None,
+        attn_implementation: str | None = None,
         local_files_only: bool | None = None,
         revision: str | None = None,
         cache_dir=None,
@@ -498,7 +501,16 @@ class BigBirdPreTrainedModel(nn.Module):
             dtype: cast floating weights to this dtype (``torch.dtype`` or a name such as "bfloat16");
                 None takes the config's ``dtype`` (``torch_dtype``), else the first floating tensor's, so
                 a checkpoint mixing fp16 and fp32 loads in one dtype (``model.dtype``), as in transformers.
+            torch_dtype: transformers' name for ``dtype`` ("auto" = the checkpoint's); both given and
+                different is an error.
             device: move the model there after loading.
+            device_map: transformers' spelling of the device: "auto" (CUDA when available, else the CPU),
+                "cpu", "cuda", "cuda:N", a CUDA index or a ``torch.device``. The model loads on one
+                device: a dict device map is refused, as is a ``device`` that disagrees.
+            attn_implementation: transformers' attention choice mapped onto ``attention_backend``:
+                "eager" -> "reference", "sdpa" -> "sdpa", "flex_attention" -> "flex",
+                "flash_attention_2" -> "auto" (our fused CUDA / Triton kernels on a GPU, the reference
+                on a CPU). Other values are refused by name.
             local_files_only, revision, cache_dir: hub options (``local_files_only`` defaults to True
                 when ``HF_HUB_OFFLINE`` is set).
             allow_missing: glob patterns of our parameter names (e.g. ``("classifier.*",)``) that may be
@@ -512,14 +524,19 @@ class BigBirdPreTrainedModel(nn.Module):
             output_loading_info: also return a dict with ``missing_keys`` (initialised),
                 ``unexpected_keys`` (dropped), ``mismatched_keys`` and ``ignored_head_keys``.
             **config_overrides: fields replacing those of the checkpoint's config (e.g. ``num_labels=3``,
-                ``layout_mode="seeded"``, ``attention_backend="reference"``).
+                ``layout_mode="seeded"``, ``attention_backend="reference"``), and ``add_pooling_layer``
+                for :class:`BigBirdModel`. A keyword that is neither an option above, a config field nor
+                a key of the checkpoint's ``config.json`` is a ``TypeError`` naming it.
 
         Raises:
             FileNotFoundError: no config or weights where looked (names the folder and the files); a
                 name that looks like a local path (``./x``, ``~/x``, ``dir/typo`` with ``dir`` present)
                 and does not exist, at once, with no hub look-up.
             ValueError: corrupt weights file or shard index (names it; a shard outside the folder too),
-                or missing / unexpected / mis-shaped / wrongly typed keys (one error naming all of them).
+                or missing / unexpected / mis-shaped / wrongly typed keys (one error naming all of them);
+                ``dtype`` / ``torch_dtype``, ``device`` / ``device_map`` that disagree; an unsupported
+                ``device_map`` or ``attn_implementation``.
+            TypeError: an unknown keyword (named).
         """
         from .checkpoint import load_pretrained
 
@@ -528,7 +545,10 @@ class BigBirdPreTrainedModel(nn.Module):
             name_or_path,
             config=config,
             dtype=dtype,
+            torch_dtype=torch_dtype,
             device=device,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
             local_files_only=local_files_only,
             revision=revision,
             cache_dir=cache_dir,
@@ -552,6 +572,12 @@ class BigBirdPreTrainedModel(nn.Module):
         from .checkpoint import save_pretrained
 
         return save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+
+    def push_to_hub(self, *args, **kwargs):
+        """Refused: this package works offline (see :func:`bigbird.hub.refuse_push_to_hub`)."""
+        from .hub import refuse_push_to_hub
+
+        refuse_push_to_hub("model")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -53,7 +53,11 @@ DEFAULT_SPECIAL_TOKENS = {
     "mask_token": "[MASK]",
 }
 
-_PADDING_MODES = {False: None, None: None, True: "longest", "longest": "longest", "max_length": "max_length"}
+# transformers' model_max_length when tokenizer_config.json gives none ("no limit")
+VERY_LARGE_INTEGER = int(1e30)
+
+_PADDING_MODES = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest",
+                  "max_length": "max_length"}
 _TRUNCATION_MODES = {
     False: None,
     None: None,
@@ -234,15 +238,22 @@ class BigBirdTokenizer:
     (without truncation or padding; those are applied by :meth:`__call__`).
     """
 
-    def __init__(self, backend, special_tokens: dict[str, str] | None = None, spiece_file: str | os.PathLike | None = None):
+    def __init__(self, backend, special_tokens: dict[str, str] | None = None, spiece_file: str | os.PathLike | None = None,
+                 model_max_length: int | None = None):
         """Wrap a ``tokenizers.Tokenizer`` whose vocab holds the BigBird special tokens.
 
         ``special_tokens`` maps ``pad_token``, ``bos_token``, ``eos_token``, ``unk_token``,
         ``cls_token``, ``sep_token``, ``mask_token`` to token strings (defaults: the google/bigbird
         names). ``spiece_file`` is the SentencePiece model it came from, copied by
-        :meth:`save_pretrained`. The backend's own truncation and padding settings are switched
-        off (a ``tokenizer.json`` may carry some); :meth:`__call__` applies its own.
+        :meth:`save_pretrained`. ``model_max_length`` is the longest input the model takes, used when
+        ``max_length`` is not given (None: no limit, ``int(1e30)`` as in transformers). The backend's
+        own truncation and padding settings are switched off (a ``tokenizer.json`` may carry some);
+        :meth:`__call__` applies its own.
         """
+        if model_max_length is None:
+            model_max_length = VERY_LARGE_INTEGER
+        if isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 3:
+            raise ValueError(f"model_max_length must be an int >= 3 (room for [CLS] x [SEP]), got {model_max_length!r}")
         names = dict(DEFAULT_SPECIAL_TOKENS)
         names.update({k: v for k, v in (special_tokens or {}).items() if v is not None})
         unknown_keys = set(names) - set(DEFAULT_SPECIAL_TOKENS)
@@ -258,12 +269,14 @@ class BigBirdTokenizer:
         self.special_tokens = names
         self._ids = ids
         self._spiece_file = Path(spiece_file) if spiece_file is not None else None
+        self.model_max_length = model_max_length
 
     # -- loading and saving ---------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, revision: str | None = None, cache_dir=None,
-                        local_files_only: bool | None = None, **special_tokens: str) -> "BigBirdTokenizer":
+                        local_files_only: bool | None = None, model_max_length: int | None = None,
+                        **special_tokens: str) -> "BigBirdTokenizer":
         """Load from a folder or from a single file.
 
         * a folder holding ``tokenizer.json`` (loaded with the ``tokenizers`` library; preferred when
@@ -275,10 +288,11 @@ class BigBirdTokenizer:
         * a Hugging Face hub id (``google/bigbird-roberta-base``), resolved through the hub cache exactly
           as the models resolve it (``HF_HUB_CACHE`` / ``HF_HOME``, offline with ``HF_HUB_OFFLINE=1``
           or ``local_files_only=True``; ``revision``, ``cache_dir``). A name that looks like a local
-          path (:func:`bigbird.checkpoint.looks_like_local_path`) is never looked up on the hub.
+          path (:func:`bigbird.hub.looks_like_local_path`) is never looked up on the hub.
 
         A leading ``~`` is expanded. Keyword arguments (``cls_token="[CLS]"``, ...) override the
-        special token names.
+        special token names; ``model_max_length`` overrides the one of ``tokenizer_config.json``
+        (absent there: ``int(1e30)``, no limit, as in transformers).
 
         Raises:
             FileNotFoundError: the path does not exist (names it), a folder holds no tokenizer file, or
@@ -288,12 +302,13 @@ class BigBirdTokenizer:
         given = os.fspath(path)
         path = Path(os.path.expanduser(given))
         if not path.exists():
-            from .checkpoint import looks_like_local_path, resolve_hub_files
+            from .hub import looks_like_local_path, resolve_hub_files
 
             if not looks_like_local_path(given):
                 path = resolve_hub_files(given, (TOKENIZER_FILE, SPIECE_FILE), (CONFIG_FILE,), revision=revision,
                                          cache_dir=cache_dir, local_files_only=local_files_only)
         names: dict[str, str] = {}
+        config_max_length = None
         spiece_file: Path | None = None
         tokenizer_file: Path | None = None
         if path.is_dir():
@@ -309,6 +324,7 @@ class BigBirdTokenizer:
                     name = _token_name(config.get(key))
                     if name is not None:
                         names[key] = name
+                config_max_length = config.get("model_max_length")
             if (path / TOKENIZER_FILE).is_file():
                 tokenizer_file = path / TOKENIZER_FILE
             if (path / SPIECE_FILE).is_file():
@@ -340,7 +356,9 @@ class BigBirdTokenizer:
                 raise ValueError(f"{tokenizer_file} is not a valid tokenizers file: {e}") from None
         else:
             backend = _build_backend(_read_spiece(spiece_file), full_names)
-        return cls(backend, full_names, spiece_file=spiece_file)
+        if model_max_length is None:
+            model_max_length = config_max_length
+        return cls(backend, full_names, spiece_file=spiece_file, model_max_length=model_max_length)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` (and ``spiece.model`` when loaded
@@ -355,7 +373,8 @@ class BigBirdTokenizer:
         """
         from .atomic import write_files_atomically
 
-        config: dict[str, Any] = {"tokenizer_class": "BigBirdTokenizer", "add_prefix_space": True}
+        config: dict[str, Any] = {"tokenizer_class": "BigBirdTokenizer", "add_prefix_space": True,
+                                  "model_max_length": self.model_max_length}
         config.update(self.special_tokens)
         config_text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         writers = {TOKENIZER_FILE: lambda tmp: self.backend.save(str(tmp))}
@@ -364,6 +383,12 @@ class BigBirdTokenizer:
             writers[SPIECE_FILE] = lambda tmp: shutil.copyfile(spiece_file, tmp)
         writers[CONFIG_FILE] = lambda tmp: tmp.write_text(config_text, encoding="utf-8")
         return tuple(str(p) for p in write_files_atomically(save_directory, writers))
+
+    def push_to_hub(self, *args, **kwargs):
+        """Refused: this package works offline (see :func:`bigbird.hub.refuse_push_to_hub`)."""
+        from .hub import refuse_push_to_hub
+
+        refuse_push_to_hub("tokenizer")
 
     # -- vocab and special tokens ----------------------------------------------------------------
 
@@ -375,6 +400,13 @@ class BigBirdTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    pad_token = property(lambda self: self.special_tokens["pad_token"], doc="``<pad>``.")
+    bos_token = property(lambda self: self.special_tokens["bos_token"], doc="``</s>`` (BigBird's bos).")
+    eos_token = property(lambda self: self.special_tokens["eos_token"], doc="``<s>`` (BigBird's eos).")
+    unk_token = property(lambda self: self.special_tokens["unk_token"], doc="``<unk>``.")
+    cls_token = property(lambda self: self.special_tokens["cls_token"], doc="``[CLS]``.")
+    sep_token = property(lambda self: self.special_tokens["sep_token"], doc="``[SEP]``.")
+    mask_token = property(lambda self: self.special_tokens["mask_token"], doc="``[MASK]``.")
     pad_token_id = property(lambda self: self._ids["pad_token"], doc="Id of ``<pad>`` (0).")
     bos_token_id = property(lambda self: self._ids["bos_token"], doc="Id of the bos token ``</s>`` (1).")
     eos_token_id = property(lambda self: self._ids["eos_token"], doc="Id of the eos token ``<s>`` (2).")
@@ -382,6 +414,10 @@ class BigBirdTokenizer:
     cls_token_id = property(lambda self: self._ids["cls_token"], doc="Id of ``[CLS]`` (65).")
     sep_token_id = property(lambda self: self._ids["sep_token"], doc="Id of ``[SEP]`` (66).")
     mask_token_id = property(lambda self: self._ids["mask_token"], doc="Id of ``[MASK]`` (67).")
+
+    def get_vocab(self) -> dict[str, int]:
+        """``{token: id}`` for every id, special tokens included (as transformers')."""
+        return self.backend.get_vocab(with_added_tokens=True)
 
     @property
     def all_special_ids(self) -> list[int]:
@@ -405,15 +441,25 @@ class BigBirdTokenizer:
             return self.unk_token_id if token_id is None else token_id
         return [self.convert_tokens_to_ids(token) for token in tokens]
 
-    def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> str | list[str]:
-        """Token string of an id; a list gives a list. Raises ``ValueError`` for ids out of range."""
+    def convert_ids_to_tokens(self, ids: int | Iterable[int], skip_special_tokens: bool = False) -> str | list[str]:
+        """Token string of an id; a list gives a list. ``skip_special_tokens`` drops every added token
+        (the named special tokens, ``<unk>`` and all control and user-defined pieces, ids 0..100 for
+        BigBird), as transformers does. Raises ``ValueError`` for ids out of range."""
         if isinstance(ids, int) or (hasattr(ids, "ndim") and ids.ndim == 0):
             token_id = int(ids)
             token = self.backend.id_to_token(token_id) if 0 <= token_id < self.vocab_size else None
             if token is None:
                 raise ValueError(f"id {token_id} is out of range for a vocab of {self.vocab_size}")
             return token
-        return [self.convert_ids_to_tokens(int(i)) for i in _as_list(ids)]
+        ids = [int(i) for i in _as_list(ids)]
+        if skip_special_tokens:
+            added = self.backend.get_added_tokens_decoder()
+            ids = [i for i in ids if i not in added]
+        return [self.convert_ids_to_tokens(i) for i in ids]
+
+    def convert_tokens_to_string(self, tokens: Iterable[str]) -> str:
+        """Text of a sequence of token strings (the backend's decoder, as transformers')."""
+        return self.backend.decoder.decode(list(tokens))
 
     # -- encoding and decoding -------------------------------------------------------------------
 
@@ -443,6 +489,80 @@ class BigBirdTokenizer:
     def batch_decode(self, sequences: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
         """:meth:`decode` for each sequence."""
         return [self.decode(seq, skip_special_tokens=skip_special_tokens) for seq in _as_list(sequences)]
+
+    def pad(
+        self,
+        encoded_inputs,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_attention_mask: bool = True,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """Pad encodings to one length, as transformers' ``tokenizer.pad``.
+
+        Args:
+            encoded_inputs: a list of encodings (dicts of flat lists, e.g. this tokenizer's outputs for
+                single texts), a dict of lists of rows (a batch), or one encoding (dict of flat lists,
+                padded to ``max_length`` only). Rows may be lists, tuples, 1-D tensors or arrays.
+            padding: ``True``/``"longest"`` (to the longest row), ``"max_length"`` (to ``max_length``,
+                else :attr:`model_max_length`) or ``False``/``"do_not_pad"``. Rows already longer are
+                left alone.
+            pad_to_multiple_of: round the padded length up to a multiple of this.
+            return_attention_mask: add (or extend) ``attention_mask``.
+            return_tensors: ``None``, ``"pt"`` or ``"np"`` (rows must then have equal lengths).
+
+        Padding is on the right: ``input_ids`` with ``pad_token_id``, ``attention_mask`` and
+        ``token_type_ids`` with 0, ``special_tokens_mask`` with 1; other keys are kept unpadded.
+
+        Raises:
+            ValueError: no ``input_ids``, rows of a key that do not match ``input_ids``, an unknown
+                padding mode, ``padding="max_length"`` without a length, or tensors of unequal rows.
+        """
+        if isinstance(encoded_inputs, (list, tuple)):
+            if not encoded_inputs or not all(isinstance(e, dict) for e in encoded_inputs):
+                raise ValueError("pad() takes a non-empty list of encodings (dicts), or a dict of lists")
+            keys = list(encoded_inputs[0])
+            encoded_inputs = {key: [e[key] for e in encoded_inputs] for key in keys}
+        if not isinstance(encoded_inputs, dict) or "input_ids" not in encoded_inputs:
+            raise ValueError("pad() needs encodings with 'input_ids'")
+        ids = _as_list(encoded_inputs["input_ids"])
+        single = not ids or isinstance(ids[0], int) or getattr(ids[0], "ndim", None) == 0  # one encoding
+        batch = {key: ([_as_list(value)] if single else [_as_list(row) for row in _as_list(value)])
+                 for key, value in encoded_inputs.items()}
+        rows = batch["input_ids"]
+        if return_attention_mask and "attention_mask" not in batch:
+            batch["attention_mask"] = [[1] * len(r) for r in rows]
+        pad_mode = _lookup(_PADDING_MODES, padding, "padding")
+        if pad_mode == "longest" and single:
+            pad_mode = None  # one sequence is already as long as the longest (transformers)
+        if pad_mode == "max_length" and max_length is None:
+            if self.model_max_length >= VERY_LARGE_INTEGER:
+                raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
+            max_length = self.model_max_length
+        if pad_to_multiple_of is not None and (isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int)
+                                               or pad_to_multiple_of < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
+        for key in fill:
+            if key in batch and [len(r) for r in batch[key]] != [len(r) for r in rows]:
+                raise ValueError(f"pad(): the rows of {key!r} do not have the lengths of the rows of 'input_ids'")
+        if pad_mode is not None:
+            target = max_length if pad_mode == "max_length" else max(len(r) for r in rows)
+            if pad_to_multiple_of is not None:
+                target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+            for key, value in fill.items():
+                for row in batch.get(key, ()):
+                    row.extend([value] * (target - len(row)))
+        if return_tensors is not None:
+            if return_tensors not in ("pt", "np"):
+                raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
+            lengths = {len(r) for r in rows}
+            if len(lengths) > 1:
+                raise ValueError(f"return_tensors={return_tensors!r} needs rows of equal length (got lengths "
+                                 f"{sorted(lengths)}); pad with padding=True or 'max_length'")
+            return BatchEncoding({key: _to_tensor(value, return_tensors) for key, value in batch.items()})
+        return BatchEncoding({key: (value[0] if single else value) for key, value in batch.items()})
 
     def __call__(
         self,
@@ -474,7 +594,8 @@ class BigBirdTokenizer:
                 ``longest_first`` on a pair keeps the shorter segment whole when it fits in half of
                 the budget, otherwise splits the budget in half with the odd token going to the
                 longer segment (to the second on a tie) -- the rule of ``tokenizers``.
-            max_length: the total length limit, special tokens included.
+            max_length: the total length limit, special tokens included; when truncating or padding to
+                ``"max_length"`` without it, :attr:`model_max_length` if ``tokenizer_config.json`` set one.
             return_tensors: ``None`` (Python lists), ``"pt"`` (torch.long tensors; a single text
                 gives shape ``(1, L)``) or ``"np"`` (int64 arrays). Tensors need equal lengths.
             return_token_type_ids: add ``token_type_ids``.
@@ -503,6 +624,9 @@ class BigBirdTokenizer:
             raise ValueError(f"max_length must be an int, got {max_length!r}")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise ValueError(f"stride must be a non-negative int, got {stride!r}")
+        if max_length is None and (trunc_mode is not None or pad_mode == "max_length") and (
+                self.model_max_length < VERY_LARGE_INTEGER):
+            max_length = self.model_max_length  # as transformers does
         if pad_mode == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length")
         if trunc_mode is not None and max_length is None:

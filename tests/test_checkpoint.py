@@ -266,3 +266,23 @@ def test_hub_id_offline_with_cache_dir(tmp_path, monkeypatch):
         tmp_path / "cache" / "models--org--base" / "snapshots")[0] / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="no weights found.*model.safetensors.*pytorch_model.bin"):
         bigbird.BigBirdModel.from_pretrained("org/base", cache_dir=tmp_path / "cache", local_files_only=True)
+
+
+def test_config_and_checkpoint_do_not_import_each_other():
+    """File resolution lives in bigbird.hub; config imports it, checkpoint imports config: no cycle."""
+    import ast
+    from pathlib import Path
+
+    root = Path(bigbird.__file__).parent
+
+    def bigbird_imports(module):
+        tree = ast.parse((root / f"{module}.py").read_text(encoding="utf-8"))
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    assert bigbird_imports("hub") == set()
+    assert "checkpoint" not in bigbird_imports("config") and "hub" in bigbird_imports("config")
+    assert "config" in bigbird_imports("checkpoint") and "hub" in bigbird_imports("checkpoint")
+    from bigbird.checkpoint import resolve_checkpoint_dir
+    from bigbird.hub import resolve_checkpoint_dir as hub_resolve
+
+    assert resolve_checkpoint_dir is hub_resolve

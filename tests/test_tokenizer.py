@@ -14,6 +14,7 @@ directly silently gives wrong ids in transformers 5.x, so it is not used).
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -471,6 +472,99 @@ def test_saved_folder_loads_in_transformers_and_back(setup, tmp_path):
     # saving a tokenizer.json-loaded tokenizer writes no spiece.model
     again = BigBirdTokenizer.from_pretrained(tmp_path / "saved").save_pretrained(tmp_path / "again")
     assert sorted(Path(p).name for p in again) == ["tokenizer.json", "tokenizer_config.json"]
+
+
+def test_hf_token_attributes_match_transformers(setup):
+    ours, oracle, _, _ = setup
+    for name in ("mask", "pad", "cls", "sep", "unk", "bos", "eos"):
+        assert getattr(ours, f"{name}_token") == getattr(oracle, f"{name}_token"), name
+        assert getattr(ours, f"{name}_token_id") == getattr(oracle, f"{name}_token_id"), name
+    assert ours.model_max_length == oracle.model_max_length == int(1e30)  # no tokenizer_config.json limit
+    assert ours.get_vocab() == oracle.get_vocab()
+
+
+def test_id_token_conversions_and_batch_decode_match_transformers(setup):
+    ours, oracle, texts, _ = setup
+    rows = ours(texts, padding=True)["input_ids"]
+    for row in rows:
+        for skip in (False, True):
+            assert ours.convert_ids_to_tokens(row, skip_special_tokens=skip) == oracle.convert_ids_to_tokens(
+                row, skip_special_tokens=skip)
+        tokens = ours.convert_ids_to_tokens(row)
+        assert ours.convert_tokens_to_ids(tokens) == oracle.convert_tokens_to_ids(tokens) == row
+    for skip in (False, True):
+        assert ours.batch_decode(rows, skip_special_tokens=skip) == oracle.batch_decode(rows, skip_special_tokens=skip)
+
+
+def test_pad_matches_transformers(setup):
+    ours, oracle, texts, _ = setup
+    # the same encodings go to both (our special_tokens_mask also marks [MASK] in the text, see above)
+    singles = [ours(t, return_token_type_ids=True, return_special_tokens_mask=True) for t in texts[:5]]
+
+    def hf_pad(encodings, **kwargs):  # a fresh copy each time: transformers may pad the lists in place
+        return oracle.pad(copy.deepcopy(encodings), **kwargs)
+    longest = max(len(e["input_ids"]) for e in singles)
+    cases = [
+        {},
+        {"padding": "max_length", "max_length": longest + 3},
+        {"padding": "longest", "pad_to_multiple_of": 8},
+        {"padding": False},
+        {"padding": True, "return_tensors": "pt"},
+    ]
+    for kwargs in cases:
+        got, want = ours.pad(singles, **kwargs), hf_pad(singles, **kwargs)
+        assert set(got) == set(want), kwargs
+        for key in want:
+            g, w = got[key], want[key]
+            assert (g.tolist() if hasattr(g, "tolist") else g) == (w.tolist() if hasattr(w, "tolist") else w), (kwargs, key)
+    as_dict = {"input_ids": [e["input_ids"] for e in singles]}
+    assert ours.pad(as_dict) == dict(hf_pad(as_dict))
+    assert ours.pad(as_dict, return_attention_mask=False) == dict(hf_pad(as_dict, return_attention_mask=False))
+    assert ours.pad(singles[0], padding="max_length", max_length=longest + 1) == dict(
+        hf_pad(singles[0], padding="max_length", max_length=longest + 1))
+    assert ours.pad(singles[0]) == dict(hf_pad(singles[0]))  # one encoding: nothing to pad
+    before = copy.deepcopy(singles)
+    ours.pad(singles, padding="max_length", max_length=longest + 2)
+    assert singles == before  # our pad leaves its input as it was
+
+
+def test_pad_errors(tiny):
+    with pytest.raises(ValueError, match="needs encodings with 'input_ids'"):
+        tiny.pad({"attention_mask": [[1]]})
+    with pytest.raises(ValueError, match="non-empty list of encodings"):
+        tiny.pad([])
+    with pytest.raises(ValueError, match="rows of 'attention_mask' do not have the lengths"):
+        tiny.pad({"input_ids": [[65, 66], [65, 5, 66]], "attention_mask": [[1, 1], [1, 1]]})
+    with pytest.raises(ValueError, match="padding='max_length' needs max_length"):
+        tiny.pad({"input_ids": [[65, 66]]}, padding="max_length")
+    with pytest.raises(ValueError, match="needs rows of equal length"):
+        tiny.pad({"input_ids": [[65, 66], [65, 5, 66]]}, padding=False, return_tensors="pt")
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be a positive int"):
+        tiny.pad({"input_ids": [[65, 66]]}, pad_to_multiple_of=0)
+
+
+def test_model_max_length_from_config_saved_and_used(tiny, tiny_model, tiny_words, tmp_path):
+    folder = _make_oracle_dir(tmp_path / "limited", tiny_model / "spiece.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(HUB_CONFIG, model_max_length=12)), encoding="utf-8")
+    limited = BigBirdTokenizer.from_pretrained(folder)
+    oracle = _auto_tokenizer(folder)
+    assert limited.model_max_length == oracle.model_max_length == 12
+    assert BigBirdTokenizer.from_pretrained(folder, model_max_length=20).model_max_length == 20
+    text = " ".join(tiny_words[:30])
+    assert limited(text, truncation=True)["input_ids"] == oracle(text, truncation=True)["input_ids"]
+    assert len(limited(text, truncation=True)["input_ids"]) == 12
+    assert limited.pad({"input_ids": [[65, 66]]}, padding="max_length")["input_ids"] == [[65, 66] + [0] * 10]
+    limited.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["model_max_length"] == 12
+    assert _auto_tokenizer(tmp_path / "saved").model_max_length == 12
+    assert BigBirdTokenizer.from_pretrained(tmp_path / "saved").model_max_length == 12
+    with pytest.raises(ValueError, match="model_max_length must be an int >= 3"):
+        BigBirdTokenizer.from_pretrained(folder, model_max_length=2)
+
+
+def test_push_to_hub_is_refused(tiny):
+    with pytest.raises(NotImplementedError, match=r"push_to_hub is not supported.*tokenizer\.save_pretrained"):
+        tiny.push_to_hub("me/tok")
 
 
 def test_oracle_folder_and_hub_config_are_read(setup, tmp_path):
