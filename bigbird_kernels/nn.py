@@ -128,6 +128,8 @@ def block_sparse_attn_func(
         raise ValueError(f"q, k, v must have the same sequence length (dim {s_dim} of {shape}), got "
                          f"{S}, {k.shape[s_dim]}, {v.shape[s_dim]}")
     if layout is None:
+        if S == 0:
+            raise ValueError(f"q, k, v have an empty sequence dimension: {tuple(q.shape)} {shape}")
         _check_order_without_layout(q, layout_format)
         bs = DEFAULT_BLOCK_SIZE
         layout = _build_layout("hf", layer_idx=0, seq_len=max(1, -(-S // bs)) * bs, block_size=bs,

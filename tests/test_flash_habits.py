@@ -156,3 +156,12 @@ def test_default_layout_matches_explicit_call_with_math_scale():
     layout = hf_layout(layer_idx=5, seq_len=S, block_size=64, num_random_blocks=3, num_heads=H, training=False)
     explicit = block_sparse_attn_func(q, k, v, layout, softmax_scale=1 / math.sqrt(D))
     assert torch.equal(block_sparse_attn_func(q, k, v), explicit)
+
+
+def test_exported_at_the_top_level_and_empty_sequence_refused():
+    import bigbird_kernels
+
+    assert bigbird_kernels.block_sparse_attn_func is block_sparse_attn_func
+    q = torch.randn(1, 0, 2, 8)
+    with pytest.raises(ValueError, match="empty sequence dimension"):
+        block_sparse_attn_func(q, q, q)
