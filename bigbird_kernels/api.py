@@ -141,13 +141,13 @@ def _validate(q, k, v, layout, attention_mask, backend):
     if not isinstance(layout, BigBirdLayout):
         raise TypeError(f"layout must be a BigBirdLayout, got {type(layout).__name__}")
     check_dim_order(q, k, v, layout, "BHSD")
+    B, H, S, D = q.shape
+    if not all(t.shape[0] == B and t.shape[2:] == q.shape[2:] for t in (k, v)):
+        raise ValueError(f"q, k, v must have the same shape (B, H, S, D) up to the heads of k and v, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     check_kv_heads(q, k, v, head_dim=1)
     if not torch.compiler.is_compiling():  # graph inputs: their versions are not traced
         layout.check_unmodified()
-    B, H, S, D = q.shape
-    if not (k.shape[0] == B and k.shape[2:] == q.shape[2:]):
-        raise ValueError(f"q, k, v must have the same shape (B, H, S, D) up to the heads of k and v, got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if D == 0:
         raise ValueError("head dim D must be positive")
     if S % layout.block_size:
