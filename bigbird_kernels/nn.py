@@ -94,8 +94,8 @@ def block_sparse_attn_func(
         dropout_p: must be 0: attention dropout is not supported (refused by name).
         attention_mask: ``(B, S)`` bool or 0/1 integers, True/1 = real token (Hugging Face's
             convention). None = no padding besides the block padding added here.
-        layout_format: ``"BSHD"`` (default) or ``"BHSD"``: the order of the dimensions of q, k, v
-            and the output. (Before 0.2 the default was ``"BHSD"``.)
+        layout_format: ``"BSHD"`` (the default, flash-attn's) or ``"BHSD"`` (the default of earlier
+            releases): the order of the dimensions of q, k, v and the output.
         return_lse: also return the fp32 log-sum-exp ``(B, H, S)`` of every row (flash-attn's
             ``softmax_lse``; ``-inf`` on padded rows).
         return_attn_probs: also return ``lse`` and the attention probabilities ``(B, H, S, S)``
@@ -109,6 +109,9 @@ def block_sparse_attn_func(
     """
     if layout_format not in _FORMATS:
         raise ValueError(f"layout_format must be one of {_FORMATS}, got {layout_format!r}")
+    if layout is not None and not isinstance(layout, BigBirdLayout):
+        raise TypeError(f"layout must be a BigBirdLayout or None, got {type(layout).__name__}: {layout!r:.80} (the "
+                        "4th positional argument is the layout, not flash_attn_func's dropout_p: pass options by name)")
     if causal:
         raise ValueError("causal=True is not supported: BigBird attention is bidirectional (global and random "
                          "blocks read later keys); pass causal=False")
@@ -132,11 +135,11 @@ def block_sparse_attn_func(
             raise ValueError(f"q, k, v have an empty sequence dimension: {tuple(q.shape)} {shape}")
         _check_order_without_layout(q, layout_format)
         bs = DEFAULT_BLOCK_SIZE
-        layout = _build_layout("hf", layer_idx=0, seq_len=max(1, -(-S // bs)) * bs, block_size=bs,
+        layout = _build_layout("hf", layer_idx=0, seq_len=-(-S // bs) * bs, block_size=bs,
                                num_random_blocks=DEFAULT_NUM_RANDOM_BLOCKS, num_heads=H,
                                max_position_embeddings=4096, training=False, window=3, global_blocks=(0, -1),
                                device=q.device)
-    elif isinstance(layout, BigBirdLayout):
+    else:
         check_dim_order(q, k, v, layout, layout_format)
     if layout_format == "BSHD":
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, D) views
@@ -149,7 +152,7 @@ def block_sparse_attn_func(
                 and torch.compiler.is_compiling()):
             # the op's check that integer masks hold only 0/1 reads their values: a graph break when traced
             attention_mask = attention_mask != 0
-    pad = layout.seq_len - S if isinstance(layout, BigBirdLayout) else 0
+    pad = layout.seq_len - S
     if 0 < pad < layout.block_size:
         # the layout is for S rounded up to a block multiple: pad with zeros, masked as keys
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))

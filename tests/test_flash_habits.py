@@ -105,6 +105,12 @@ def test_flash_attn_options_we_do_not_have_are_refused_by_name(kwargs, match):
         block_sparse_attn_func(q, k, v, **kwargs)
 
 
+def test_flash_attn_positional_dropout_is_not_taken_for_a_layout():
+    q, k, v = (torch.randn(1, 64, 2, 8) for _ in range(3))
+    with pytest.raises(TypeError, match="layout must be a BigBirdLayout or None, got float: 0.0 .*dropout_p"):
+        block_sparse_attn_func(q, k, v, 0.0)  # flash_attn_func(q, k, v, dropout_p)
+
+
 def test_dropout_zero_and_causal_false_are_accepted():
     q, k, v = (torch.randn(1, 64, 2, 8) for _ in range(3))
     assert torch.equal(block_sparse_attn_func(q, k, v, dropout_p=0.0, causal=False), block_sparse_attn_func(q, k, v))
