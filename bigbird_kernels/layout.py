@@ -88,6 +88,8 @@ class BigBirdLayout:
     Read-only: the op refuses a layout whose tensors were written in place after it was built
     (:meth:`check_unmodified`); edit copies of the random blocks and call :func:`make_layout` instead.
 
+    The same structure for PyTorch's FlexAttention: :meth:`to_block_mask` and :meth:`flex_score_mod`.
+
     Attributes:
         block_size: tokens per block.
         num_blocks: ``S // block_size``.
