@@ -6,6 +6,13 @@
 >>> q = k = v = torch.randn(1, 12, 1024, 64)
 >>> block_sparse_attention(q, k, v, layout).shape
 torch.Size([1, 12, 1024, 64])
+
+flash-attn's calling convention, ``(B, S, H, D)``, any length, BigBird's default layout:
+
+>>> from bigbird_kernels import block_sparse_attn_func
+>>> q = k = v = torch.randn(1, 1000, 12, 64)
+>>> block_sparse_attn_func(q, k, v).shape
+torch.Size([1, 1000, 12, 64])
 """
 
 from . import dispatch as _dispatch
@@ -20,6 +27,7 @@ from .layout import (
     resample_layout,
     seeded_layout,
 )
+from .nn import BlockSparseSelfAttention, block_sparse_attn_func
 from .reference import block_sparse_attention_probs, block_sparse_attention_ref
 
 from ._version import __version__
@@ -28,6 +36,8 @@ _dispatch.load_backends()
 
 __all__ = [
     "block_sparse_attention",
+    "block_sparse_attn_func",
+    "BlockSparseSelfAttention",
     "block_sparse_attention_ref",
     "block_sparse_attention_probs",
     "BackendNotSupportedError",

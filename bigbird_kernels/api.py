@@ -10,7 +10,7 @@ import torch
 from .dispatch import BACKEND_NAMES, AttentionInputs, select_backend
 from .layout import BigBirdLayout
 
-__all__ = ["block_sparse_attention"]
+__all__ = ["block_sparse_attention", "repeat_kv_heads"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -34,9 +34,15 @@ def block_sparse_attention(
     to every key once. Equivalently: dense attention with the additive bias ``log(count[h, i, j])``.
 
     Args:
-        q, k, v: ``(B, H, S, D)``, same shape, dtype (float32, float16, bfloat16; float64 on the
-            reference backend) and device; any strides. ``S`` must equal ``layout.seq_len`` (a
-            multiple of ``layout.block_size``) and ``H`` must equal ``layout.num_heads``.
+        q: ``(B, H, S, D)``; k, v: ``(B, H_kv, S, D)``, all of one dtype (float32, float16, bfloat16;
+            float64 on the reference backend) and device; any strides. ``S`` must equal
+            ``layout.seq_len`` (a multiple of ``layout.block_size``) and ``H`` must equal
+            ``layout.num_heads``. Grouped-query attention: ``H_kv`` may divide ``H``; query head ``h``
+            then reads key/value head ``h // (H // H_kv)`` (flash-attn's and SDPA's convention).
+            Backends that do not handle it natively (``supports_gqa`` False) get k and v with their
+            heads repeated (a copy; gradients are summed back over each group). A ``(B, S, H, D)``
+            tensor is refused with an error saying so (use
+            :func:`~bigbird_kernels.nn.block_sparse_attn_func` for that layout).
         layout: a :class:`~bigbird_kernels.layout.BigBirdLayout` on the same device as ``q``, not
             written in place since it was built (layouts are read-only).
         attention_mask: ``(B, S)`` bool, or integers 0/1, **True/1 = real token** (Hugging Face's
@@ -90,8 +96,17 @@ def block_sparse_attention(
         deterministic=deterministic,
     )
     impl = select_backend(backend, inputs)
+    if k.shape[1] != H and not getattr(impl, "supports_gqa", False):
+        k, v = repeat_kv_heads(k, H), repeat_kv_heads(v, H)
     out, lse = impl.forward(q, k, v, layout, attention_mask, scale, need_lse=return_lse, deterministic=deterministic)
     return (out, lse) if return_lse else out
+
+
+def repeat_kv_heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``t (B, H_kv, S, D)`` -> ``(B, num_heads, S, D)``: each head repeated ``num_heads // H_kv`` times,
+    consecutively (head ``h`` of the result is head ``h // group`` of ``t``); differentiable."""
+    B, Hkv, S, D = t.shape
+    return t[:, :, None].expand(B, Hkv, num_heads // Hkv, S, D).reshape(B, num_heads, S, D)
 
 
 def check_scale(scale) -> float | None:
@@ -119,17 +134,20 @@ def _validate(q, k, v, layout, attention_mask, backend):
             raise ValueError(f"{name} must have shape (B, H, S, D), got {t.dim()} dims: {tuple(t.shape)}")
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name} must be a floating tensor (float32, float16, bfloat16), got {t.dtype}")
-    if not (q.shape == k.shape == v.shape):
-        raise ValueError(f"q, k, v must have the same shape (B, H, S, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on the same device, got {q.device}, {k.device}, {v.device}")
     if not isinstance(layout, BigBirdLayout):
         raise TypeError(f"layout must be a BigBirdLayout, got {type(layout).__name__}")
+    check_dim_order(q, k, v, layout, "BHSD")
+    B, H, S, D = q.shape
+    if not all(t.shape[0] == B and t.shape[2:] == q.shape[2:] for t in (k, v)):
+        raise ValueError(f"q, k, v must have the same shape (B, H, S, D) up to the heads of k and v, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    check_kv_heads(q, k, v, head_dim=1)
     if not torch.compiler.is_compiling():  # graph inputs: their versions are not traced
         layout.check_unmodified()
-    B, H, S, D = q.shape
     if D == 0:
         raise ValueError("head dim D must be positive")
     if S % layout.block_size:
@@ -169,3 +187,44 @@ def _validate(q, k, v, layout, attention_mask, backend):
         if lo < 0 or hi > 1:
             raise ValueError(f"integer attention_mask must hold only 0 and 1, found values in [{lo}, {hi}]")
     return attention_mask != 0
+
+
+_SHAPES = {"BHSD": "(B, H, S, D)", "BSHD": "(B, S, H, D)"}
+_OTHER = {"BHSD": "BSHD", "BSHD": "BHSD"}
+
+
+def check_dim_order(q, k, v, layout: BigBirdLayout, layout_format: str) -> None:
+    """Refuse q, k, v whose dimensions are in the other order than ``layout_format`` says.
+
+    ``(B, X, Y, D)`` in ``BHSD`` is read as ``H = X, S = Y`` (``BSHD``: the reverse). When that reading
+    does not fit the layout but the swapped one does (``S`` padded to a block multiple equals
+    ``layout.seq_len``, the heads of q equal ``layout.num_heads`` and those of k and v divide them),
+    a ValueError says which order was expected. Anything else is left to the other checks.
+    """
+    def fits(s_dim: int, h_dim: int) -> bool:
+        if -(-q.shape[s_dim] // layout.block_size) * layout.block_size != layout.seq_len:
+            return False
+        if q.shape[h_dim] != layout.num_heads:
+            return False
+        return all(t.shape[s_dim] == q.shape[s_dim] and t.shape[h_dim] > 0 and layout.num_heads % t.shape[h_dim] == 0
+                   for t in (k, v))
+
+    h_dim, s_dim = (1, 2) if layout_format == "BHSD" else (2, 1)
+    if not fits(s_dim, h_dim) and fits(h_dim, s_dim):
+        raise ValueError(
+            f"q, k, v look like {_SHAPES[_OTHER[layout_format]]} tensors (q {tuple(q.shape)}; the layout has "
+            f"{layout.num_heads} heads and S={layout.seq_len}) but {_SHAPES[layout_format]} was expected: "
+            + ("pass q.transpose(1, 2) (and k, v), or use bigbird_kernels.nn.block_sparse_attn_func, which "
+               "takes flash-attn's (B, S, H, D) by default" if layout_format == "BHSD"
+               else "pass layout_format='BHSD' or q.transpose(1, 2) (and k, v)")
+        )
+
+
+def check_kv_heads(q, k, v, *, head_dim: int) -> None:
+    """Grouped-query attention: k and v have the same number of heads, one that divides q's."""
+    hq, hk, hv = q.shape[head_dim], k.shape[head_dim], v.shape[head_dim]
+    if hk != hv:
+        raise ValueError(f"k has {hk} heads but v has {hv}: k and v must have the same number of heads")
+    if hk == 0 or hq % hk:
+        raise ValueError(f"q has {hq} heads, which is not a multiple of the {hk} heads of k and v (grouped-query "
+                         "attention needs H_q % H_kv == 0)")

@@ -88,6 +88,8 @@ class BigBirdLayout:
     Read-only: the op refuses a layout whose tensors were written in place after it was built
     (:meth:`check_unmodified`); edit copies of the random blocks and call :func:`make_layout` instead.
 
+    The same structure for PyTorch's FlexAttention: :meth:`to_block_mask` and :meth:`flex_score_mod`.
+
     Attributes:
         block_size: tokens per block.
         num_blocks: ``S // block_size``.
@@ -196,6 +198,77 @@ class BigBirdLayout:
         dense baselines and attention probabilities only: ``S x S``)."""
         bs = self.block_size
         return torch.log(self.to_dense().to(dtype)).repeat_interleave(bs, 1).repeat_interleave(bs, 2)
+
+    def to_block_mask(self):
+        """This layout as a FlexAttention ``BlockMask`` (built once and cached on the layout).
+
+        Every query block lists the distinct key blocks its row reads (every key block for global
+        rows), all as full blocks, so compiled FlexAttention kernels compute exactly these blocks; its
+        ``mask_mod`` says the same per token (FlexAttention's eager path applies it everywhere). The
+        block mask cannot count: blocks a row lists more than once need :meth:`flex_score_mod` too::
+
+            from torch.nn.attention.flex_attention import flex_attention
+            out = flex_attention(q, k, v, block_mask=layout.to_block_mask(), score_mod=layout.flex_score_mod())
+
+        equals :func:`~bigbird_kernels.block_sparse_attention` for ``(B, H, S, D)`` inputs (``H`` =
+        ``num_heads``; ``enable_gqa=True`` for k, v with fewer heads). Shapes: batch 1 (broadcast),
+        ``num_heads`` heads, ``seq_len x seq_len`` tokens; its tables are ``(H, nb, nb)`` (quadratic
+        in the number of blocks, like every ``BlockMask``).
+        """
+        return self._flex_structure()[0]
+
+    def flex_score_mod(self, attention_mask: torch.Tensor | None = None):
+        """FlexAttention ``score_mod`` adding ``log(count)`` of each (query block, key block) pair.
+
+        ``count`` is how often the row lists the key block (``1`` for single and global blocks, so
+        only duplicated blocks change), the same bias as :meth:`dense_log_counts`. With
+        ``attention_mask (B, S)`` bool (True = real token) padded keys score ``-inf`` too; a row with
+        no real key then has no finite score (FlexAttention returns 0 there). Use with
+        :meth:`to_block_mask`.
+        """
+        bias = self._flex_structure()[1]  # (H, nb, nb) fp32
+        bs = self.block_size
+        if attention_mask is None:
+            def score_mod(score, b, h, q_idx, kv_idx):
+                return score + bias[h, q_idx // bs, kv_idx // bs]
+        else:
+            if attention_mask.dtype != torch.bool or attention_mask.shape[-1] != self.seq_len:
+                raise ValueError(f"attention_mask must be a (B, {self.seq_len}) bool tensor, got "
+                                 f"{tuple(attention_mask.shape)} {attention_mask.dtype}")
+            key_ok = attention_mask
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                s = score + bias[h, q_idx // bs, kv_idx // bs]
+                return torch.where(key_ok[b, kv_idx], s, float("-inf"))
+        return score_mod
+
+    def _flex_structure(self):
+        """(BlockMask, log-count bias ``(H, nb, nb)`` fp32), built once (rebuilt if the layout was
+        written in place, which the op refuses anyway)."""
+        hit = self._cache.get("flex")
+        if hit is not None and not self.modified_tensors():
+            return hit
+        from torch.nn.attention.flex_attention import BlockMask  # lazy: FlexAttention users only
+
+        nb, bs = self.num_blocks, self.block_size
+        with torch.inference_mode(False):
+            counts = self.to_dense()  # (H, nb, nb), global rows all 1
+            present = counts > 0
+            num = present.sum(-1, dtype=torch.int32)[None].contiguous()  # (1, H, nb)
+            # listed key blocks first, ascending: a stable sort of the 0/1 flags
+            idx = torch.sort(present.to(torch.int8), dim=-1, descending=True, stable=True).indices
+            idx = idx.to(torch.int32)[None].contiguous()  # (1, H, nb, nb)
+
+            def listed(b, h, q_idx, kv_idx):
+                return present[h, q_idx // bs, kv_idx // bs]
+
+            block_mask = BlockMask.from_kv_blocks(
+                torch.zeros_like(num), idx, num, idx,  # no partial blocks: every listed block is full
+                BLOCK_SIZE=bs, mask_mod=listed, seq_lengths=(self.seq_len, self.seq_len),
+            )
+            bias = torch.log(counts.to(torch.float32)).masked_fill(~present, 0.0)  # unlisted: skipped
+        self._cache["flex"] = (block_mask, bias)
+        return block_mask, bias
 
     def transpose(self) -> TransposedLayout:
         """The transposed structure used by backward kernels; built on the device once and cached

@@ -3,9 +3,10 @@
 * :class:`BlockSparseSelfAttention` - BigBird self-attention as an ``nn.Module``: q/k/v projections
   (named ``query``, ``key``, ``value`` like Hugging Face's), an optional output projection, padding to
   a block multiple and back, and the layout of its layer (``hf``, ``seeded`` or ``resample`` mode).
-* :func:`block_sparse_attn_func` - the op for ``(B, H, S, D)`` or ``(B, S, H, D)`` tensors without a
-  copy: the ``BSHD`` form hands the op ``transpose(1, 2)`` views (it accepts any strides) and returns
-  the output as a view in the caller's layout.
+* :func:`block_sparse_attn_func` - the op called like flash-attn's ``flash_attn_func``: ``(B, S, H, D)``
+  tensors by default (or ``(B, H, S, D)``) without a copy (the op gets ``transpose(1, 2)`` views; it
+  accepts any strides), any length (padded to a block multiple and cut back), BigBird's default layout
+  when none is given, grouped-query attention.
 
 Both work under ``torch.compile(fullgraph=True)``. The module's layout is built on the host the first
 time a (padded length, training) pair is seen - at trace time under ``torch.compile``, through
@@ -20,13 +21,15 @@ is a block multiple) so that a dynamic ``S`` adds no guard beyond the block coun
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import layout as _layout_mod
-from .api import block_sparse_attention, check_scale
+from .api import block_sparse_attention, check_dim_order, check_scale, repeat_kv_heads
 from .layout import (
     LAYOUT_MODES,
     BigBirdLayout,
@@ -38,65 +41,160 @@ from .layout import (
     make_layout,
     normalize_global_blocks,
 )
+from .reference import block_sparse_attention_probs
 
 __all__ = ["BlockSparseSelfAttention", "block_sparse_attn_func"]
 
 _FORMATS = ("BHSD", "BSHD")
 
 
+DEFAULT_BLOCK_SIZE = 64
+DEFAULT_NUM_RANDOM_BLOCKS = 3
+
+
 def block_sparse_attn_func(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    layout: BigBirdLayout,
+    layout: BigBirdLayout | None = None,
     *,
-    layout_format: str = "BHSD",
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
     attention_mask: torch.Tensor | None = None,
-    scale: float | None = None,
-    backend: str = "auto",
+    layout_format: str = "BSHD",
     return_lse: bool = False,
+    return_attn_probs: bool = False,
+    backend: str = "auto",
     deterministic: bool = False,
+    scale: float | None = None,
 ):
-    """:func:`~bigbird_kernels.block_sparse_attention` for ``(B, H, S, D)`` or ``(B, S, H, D)`` tensors.
+    """BigBird block-sparse attention called like flash-attn's ``flash_attn_func``.
+
+    ``(B, S, H, D)`` tensors by default (flash-attn's layout; ``layout_format="BHSD"`` for
+    ``(B, H, S, D)``), any ``S``: the sequence is padded to a multiple of the block size (the padding
+    masked as keys) and the output cut back to ``S``. The op reads transposed strides directly: no
+    ``transpose().contiguous()`` copies.
 
     Args:
-        q, k, v: ``(B, H, S, D)`` when ``layout_format="BHSD"``, ``(B, S, H, D)`` when ``"BSHD"``
-            (e.g. the output of a Linear viewed as ``(B, S, H, D)``, no ``transpose().contiguous()``
-            needed: the op reads any strides).
-        layout: the block layout (:class:`~bigbird_kernels.layout.BigBirdLayout`); ``S`` must equal
-            ``layout.seq_len``.
-        layout_format: ``"BHSD"`` or ``"BSHD"``: the order of the dimensions of q, k, v and the output.
-        attention_mask, scale, backend, return_lse, deterministic: as for
-            :func:`~bigbird_kernels.block_sparse_attention` (mask ``(B, S)``, True/1 = real token).
+        q: ``(B, S, H, D)`` (``BSHD``) or ``(B, H, S, D)`` (``BHSD``); k, v: the same with ``H_kv``
+            heads, ``H_kv`` dividing ``H`` (grouped-query attention: query head ``h`` reads key/value
+            head ``h // (H // H_kv)``). A tensor in the other order is refused with an error saying
+            which one was expected (detected when the layout fits the swapped reading, or, without a
+            layout, when ``H`` is a multiple of 64 larger than a non-multiple ``S``).
+        layout: the block layout (:class:`~bigbird_kernels.layout.BigBirdLayout`, ``num_heads = H``)
+            for the padded length (``layout.seq_len`` = ``S`` rounded up to ``layout.block_size``).
+            None: BigBird's default, Hugging Face's eval-mode layout with block 64, 3 random blocks,
+            window 3 and global first/last blocks (``hf_layout(..., training=False)``, cached per
+            length, heads and device; full attention below 3 blocks, as Hugging Face does). Pass a
+            layout for other settings, training-mode random blocks, or under ``torch.compile``.
+        softmax_scale: multiplies ``q @ k^T`` (flash-attn's name), default ``1 / sqrt(D)``;
+            ``scale`` is the older name for the same thing (give one of them).
+        causal: must be False: BigBird attention is bidirectional (``True`` is refused by name).
+        dropout_p: must be 0: attention dropout is not supported (refused by name).
+        attention_mask: ``(B, S)`` bool or 0/1 integers, True/1 = real token (Hugging Face's
+            convention). None = no padding besides the block padding added here.
+        layout_format: ``"BSHD"`` (the default, flash-attn's) or ``"BHSD"`` (the default of earlier
+            releases): the order of the dimensions of q, k, v and the output.
+        return_lse: also return the fp32 log-sum-exp ``(B, H, S)`` of every row (flash-attn's
+            ``softmax_lse``; ``-inf`` on padded rows).
+        return_attn_probs: also return ``lse`` and the attention probabilities ``(B, H, S, S)``
+            (dense: for tests and inspection only, as in flash-attn).
+        backend, deterministic: as for :func:`~bigbird_kernels.block_sparse_attention`.
 
     Returns:
-        ``out`` in ``layout_format`` (for ``BSHD`` a ``transpose(1, 2)`` view of the op's
-        ``(B, H, S, D)`` result: no copy), or ``(out, lse)`` with ``return_lse``; ``lse`` is always
-        ``(B, H, S)`` fp32.
+        ``out`` in ``layout_format`` with ``S`` rows (for ``BSHD`` a view of the op's
+        ``(B, H, S, D)`` result), ``(out, lse)`` with ``return_lse``, ``(out, lse, probs)`` with
+        ``return_attn_probs``.
     """
     if layout_format not in _FORMATS:
         raise ValueError(f"layout_format must be one of {_FORMATS}, got {layout_format!r}")
-    if (attention_mask is not None and attention_mask.dtype != torch.bool and not attention_mask.dtype.is_floating_point
-            and torch.compiler.is_compiling()):
-        # the op's check that integer masks hold only 0/1 reads their values: a graph break when traced
-        attention_mask = attention_mask != 0
-    bshd = layout_format == "BSHD"
-    if bshd:
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 4:
-                raise ValueError(f"{name} must be a 4-d tensor (B, S, H, D) for layout_format='BSHD'")
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if layout is not None and not isinstance(layout, BigBirdLayout):
+        raise TypeError(f"layout must be a BigBirdLayout or None, got {type(layout).__name__}: {layout!r:.80} (the "
+                        "4th positional argument is the layout, not flash_attn_func's dropout_p: pass options by name)")
+    if causal:
+        raise ValueError("causal=True is not supported: BigBird attention is bidirectional (global and random "
+                         "blocks read later keys); pass causal=False")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or dropout_p != 0:
+        raise ValueError(f"dropout_p={dropout_p!r} is not supported: block-sparse attention has no attention "
+                         "dropout; pass dropout_p=0.0 (and apply dropout to the output if you need it)")
+    if softmax_scale is not None and scale is not None:
+        raise TypeError("give softmax_scale or scale (the same thing), not both")
+    scale = softmax_scale if softmax_scale is not None else scale
+    shape = "(B, S, H, D)" if layout_format == "BSHD" else "(B, H, S, D)"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-d tensor {shape} for layout_format={layout_format!r}")
+    s_dim, h_dim = (1, 2) if layout_format == "BSHD" else (2, 1)
+    B, S, H = q.shape[0], q.shape[s_dim], q.shape[h_dim]
+    if k.shape[s_dim] != S or v.shape[s_dim] != S:
+        raise ValueError(f"q, k, v must have the same sequence length (dim {s_dim} of {shape}), got "
+                         f"{S}, {k.shape[s_dim]}, {v.shape[s_dim]}")
+    if layout is None:
+        if S == 0:
+            raise ValueError(f"q, k, v have an empty sequence dimension: {tuple(q.shape)} {shape}")
+        _check_order_without_layout(q, layout_format)
+        bs = DEFAULT_BLOCK_SIZE
+        layout = _build_layout("hf", layer_idx=0, seq_len=-(-S // bs) * bs, block_size=bs,
+                               num_random_blocks=DEFAULT_NUM_RANDOM_BLOCKS, num_heads=H,
+                               max_position_embeddings=4096, training=False, window=3, global_blocks=(0, -1),
+                               device=q.device)
+    else:
+        check_dim_order(q, k, v, layout, layout_format)
+    if layout_format == "BSHD":
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, D) views
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+        if attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask must have shape (B, S) = {(B, S)}, got {tuple(attention_mask.shape)}")
+        if (attention_mask.dtype != torch.bool and not attention_mask.dtype.is_floating_point
+                and torch.compiler.is_compiling()):
+            # the op's check that integer masks hold only 0/1 reads their values: a graph break when traced
+            attention_mask = attention_mask != 0
+    pad = layout.seq_len - S
+    if 0 < pad < layout.block_size:
+        # the layout is for S rounded up to a block multiple: pad with zeros, masked as keys
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        if attention_mask is None:
+            attention_mask = (torch.arange(S + pad, device=q.device) < S).expand(B, S + pad)
+        else:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_zeros(B, pad)], dim=1)
+    else:
+        pad = 0
+    need_lse = return_lse or return_attn_probs
     res = block_sparse_attention(
         q, k, v, layout,
         attention_mask=attention_mask, scale=scale, backend=backend,
-        return_lse=return_lse, deterministic=deterministic,
+        return_lse=need_lse, deterministic=deterministic,
     )
-    if not bshd:
-        return res
-    if return_lse:
-        out, lse = res
-        return out.transpose(1, 2), lse
-    return res.transpose(1, 2)
+    out, lse = res if need_lse else (res, None)
+    probs = None
+    if return_attn_probs:
+        mask = None if attention_mask is None else attention_mask != 0
+        probs = block_sparse_attention_probs(q, repeat_kv_heads(k, H), layout, mask, scale)[:, :, :S, :S]
+    if pad:
+        out, lse = out[:, :, :S], (None if lse is None else lse[:, :, :S])
+    if layout_format == "BSHD":
+        out = out.transpose(1, 2)
+    if return_attn_probs:
+        return out, lse, probs
+    return (out, lse) if return_lse else out
+
+
+def _check_order_without_layout(q: torch.Tensor, layout_format: str) -> None:
+    """Without a layout, refuse the unambiguous case of swapped dimensions: a heads dimension that is a
+    multiple of the default block size and larger than a sequence dimension that is not."""
+    s_dim, h_dim = (1, 2) if layout_format == "BSHD" else (2, 1)
+    S, H = q.shape[s_dim], q.shape[h_dim]
+    if H % DEFAULT_BLOCK_SIZE == 0 and S % DEFAULT_BLOCK_SIZE and H > S:
+        other = "BHSD" if layout_format == "BSHD" else "BSHD"
+        raise ValueError(
+            f"q {tuple(q.shape)} looks like a {'(B, H, S, D)' if other == 'BHSD' else '(B, S, H, D)'} tensor "
+            f"(S={H} tokens, H={S} heads) but layout_format={layout_format!r} expects "
+            f"{'(B, S, H, D)' if layout_format == 'BSHD' else '(B, H, S, D)'}: pass layout_format={other!r} "
+            "or q.transpose(1, 2) (and k, v); pass a layout to run it as given"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -393,7 +491,7 @@ class BlockSparseSelfAttention(nn.Module):
         v = self.value(hidden_states).view(B, Sp, H, D)
         q, k, v = _common_dtype(q, k, v)
         layout = self._layout_for(nb, hidden_states.device)
-        ctx = block_sparse_attn_func(q, k, v, layout, layout_format="BSHD", attention_mask=mask, scale=self.scale,
+        ctx = block_sparse_attn_func(q, k, v, layout, attention_mask=mask, softmax_scale=self.scale,
                                      backend=self.backend, deterministic=self.deterministic)  # (B, Sp, H, D) view
         out = ctx.reshape(B, Sp, self.hidden_size)
         if self.out_proj is not None:

@@ -96,6 +96,8 @@ def test_empty_batch_returns_empty(layout):
     [
         ("q-rank-3", ValueError, r"q must have shape \(B, H, S, D\)"),
         ("k-shape", ValueError, "same shape"),
+        ("v-head-dim", ValueError, "same shape"),
+        ("v-length", ValueError, "same shape"),
         ("v-dtype", TypeError, "same dtype"),
         ("int-tensors", TypeError, "floating tensor"),
         ("not-a-tensor", TypeError, "must be a torch.Tensor"),
@@ -117,6 +119,10 @@ def test_bad_input_gets_a_clear_error(layout, case, exc, match):
         q = q[0]
     elif case == "k-shape":
         k = k[:, :, :, :16]
+    elif case == "v-head-dim":
+        v = v[:, :, :, :16]
+    elif case == "v-length":
+        v = v[:, :, :BS * 4]
     elif case == "v-dtype":
         v = v.double()
     elif case == "int-tensors":

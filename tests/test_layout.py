@@ -400,3 +400,58 @@ def test_layouts_made_under_inference_mode_work_and_refuse_writes_outside_it():
     assert torch.isfinite(out).all() and not layout.modified_tensors()
     with pytest.raises(RuntimeError, match="inference tensor"):
         layout.kv_indices[0, 1, 0] = 5  # torch refuses writes into inference tensors outside inference mode
+
+
+# --------------------------------------------------------------------------------------------------
+# FlexAttention: layout.to_block_mask() and layout.flex_score_mod()
+# --------------------------------------------------------------------------------------------------
+
+
+def _flex_layouts():
+    return {
+        "hf-eval": hf_layout(layer_idx=0, seq_len=16 * 10, block_size=16, num_random_blocks=3, num_heads=3,
+                             training=False),  # every random slot reads block 0 again: counts up to 4
+        "hf-train": hf_layout(layer_idx=3, seq_len=16 * 12, block_size=16, num_random_blocks=2, num_heads=3,
+                              training=True),
+        "custom": make_layout(torch.tensor([[[1, 1], [3, 3], [0, 2], [5, 5], [2, 2], [1, 4]]]).expand(3, 6, 2),
+                              block_size=8, window=1, global_blocks=(0,)),
+    }
+
+
+@pytest.mark.parametrize("name", ["hf-eval", "hf-train", "custom"])
+def test_block_mask_has_the_layout_block_structure(name):
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    layout = _flex_layouts()[name]
+    block_mask = layout.to_block_mask()
+    assert block_mask is layout.to_block_mask()  # built once
+    assert block_mask.shape == (1, layout.num_heads, layout.seq_len, layout.seq_len)
+    dense = block_mask.to_dense()  # (1, H, nb, nb): 1 where a block is computed
+    assert torch.equal(dense[0].bool(), layout.to_dense() > 0)
+    if name != "hf-train":
+        assert (layout.to_dense() > 1).any()  # the case the score_mod exists for
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("name", ["hf-eval", "hf-train", "custom"])
+def test_flex_attention_with_block_mask_and_score_mod_equals_the_reference(name, with_mask):
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    from bigbird_kernels.reference import block_sparse_attention_ref
+
+    layout = _flex_layouts()[name]
+    B, H, S, D = 2, layout.num_heads, layout.seq_len, 16
+    q, k, v = (torch.randn(B, H, S, D) for _ in range(3))
+    mask = None
+    if with_mask:
+        mask = torch.ones(B, S, dtype=torch.bool)
+        mask[1, S - layout.block_size - 3:] = False  # a partly padded block and a fully padded one
+    out = flex.flex_attention(q, k, v, block_mask=layout.to_block_mask(), score_mod=layout.flex_score_mod(mask))
+    ref, _ = block_sparse_attention_ref(q.double(), k.double(), v.double(), layout, mask)
+    if mask is not None:  # the reference zeroes rows of padded queries; FlexAttention computes them
+        out = out * mask[:, None, :, None]
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)
+
+
+def test_flex_score_mod_refuses_a_mask_of_the_wrong_length():
+    layout = _flex_layouts()["hf-eval"]
+    with pytest.raises(ValueError, match=r"attention_mask must be a \(B, 160\) bool tensor"):
+        layout.flex_score_mod(torch.ones(1, 150, dtype=torch.bool))

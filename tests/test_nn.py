@@ -191,13 +191,13 @@ def test_bshd_and_bhsd_functional_forms_are_equal_and_copy_free(with_mask):
     layout = get_layout("hf", layer_idx=1, seq_len=S, block_size=bs, num_random_blocks=2, num_heads=H, training=True)
     q, k, v = make_qkv(B, H, S, D, requires_grad=True)
     mask = make_padding_mask(B, S, block_size=bs, kind="tail") if with_mask else None
-    out_bhsd, lse_bhsd = block_sparse_attn_func(q, k, v, layout, attention_mask=mask, return_lse=True)
+    out_bhsd, lse_bhsd = block_sparse_attn_func(q, k, v, layout, layout_format="BHSD", attention_mask=mask,
+                                                return_lse=True)
     ref = block_sparse_attention(q, k, v, layout, attention_mask=mask)
     torch.testing.assert_close(out_bhsd, ref, atol=0, rtol=0)
     # (B, S, H, D) tensors as a Linear produces them: non-contiguous transposed views in, a view out
     qs, ks, vs = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
-    out_bshd, lse_bshd = block_sparse_attn_func(qs, ks, vs, layout, layout_format="BSHD", attention_mask=mask,
-                                                return_lse=True)
+    out_bshd, lse_bshd = block_sparse_attn_func(qs, ks, vs, layout, attention_mask=mask, return_lse=True)  # BSHD
     assert out_bshd.shape == (B, S, H, D)
     assert out_bshd._base is not None and not out_bshd.is_contiguous()  # a transpose view, no copy
     torch.testing.assert_close(out_bshd, out_bhsd.transpose(1, 2), atol=1e-6, rtol=0)

@@ -1,9 +1,10 @@
 """The ``flex`` baseline: PyTorch FlexAttention with the same block structure as the layout.
 
-A ``BlockMask`` lists, for every query block, the distinct key blocks its row reads (every key block
-for global rows), all as "full" blocks, with a ``mask_mod`` saying the same thing for the eager path;
-a ``score_mod`` adds ``log(count)`` to the logits of key blocks a row lists more than
-once and ``-inf`` for padded keys. Padded positions of q, k and v are zeroed by a select first (NaN
+The layout's own ``BlockMask`` (:meth:`~bigbird_kernels.layout.BigBirdLayout.to_block_mask`: the
+distinct key blocks of every row, all "full" blocks) and ``score_mod``
+(:meth:`~bigbird_kernels.layout.BigBirdLayout.flex_score_mod`: ``log(count)`` for key blocks a row
+lists more than once, ``-inf`` for padded keys). Grouped-query attention is native
+(``enable_gqa``). Padded positions of q, k and v are zeroed by a select first (NaN
 or Inf there cannot leak); padded query rows are zeroed afterwards (lse ``-inf``).
 
 It is a benchmark peer chosen only by name, never by ``auto``. Like every FlexAttention block mask,
@@ -16,7 +17,6 @@ implementation, for tests).
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 
@@ -37,7 +37,6 @@ except Exception:  # torch < 2.9: return_lse
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _compiled = None
-_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _flex_fn(device: torch.device):
@@ -49,39 +48,9 @@ def _flex_fn(device: torch.device):
     return _compiled
 
 
-def _block_structure(layout):
-    """(BlockMask, log-count bias (H, nb, nb) fp32), cached per layout."""
-    hit = _cache.get(layout)
-    if hit is not None:
-        return hit
-    H, nb, bs = layout.num_heads, layout.num_blocks, layout.block_size
-    counts = layout.to_dense()  # (H, nb, nb), global rows all 1
-    present = counts > 0
-    num = present.sum(-1, dtype=torch.int32)  # (H, nb)
-    idx = torch.sort(present.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
-    S = nb * bs
-
-    def listed(b, h, q_idx, kv_idx):
-        # compiled kernels skip "full" blocks' mask_mod (every listed block is full here); the eager
-        # implementation ignores the block lists and applies mask_mod everywhere
-        return present[h, q_idx // bs, kv_idx // bs]
-
-    block_mask = BlockMask.from_kv_blocks(
-        torch.zeros_like(num)[None],  # no partial blocks
-        idx[None].contiguous(),
-        num[None].contiguous(),
-        idx[None].contiguous(),
-        BLOCK_SIZE=bs,
-        mask_mod=listed,
-        seq_lengths=(S, S),
-    )
-    bias = torch.log(counts.to(torch.float32)).masked_fill(~present, 0.0)  # unlisted blocks are skipped anyway
-    _cache[layout] = (block_mask, bias)
-    return block_mask, bias
-
-
 class FlexBackend:
     name = "flex"
+    supports_gqa = True  # k, v with fewer heads than q: FlexAttention's enable_gqa
 
     def not_supported_reasons(self, inputs) -> list[str]:
         reasons = []
@@ -103,20 +72,11 @@ class FlexBackend:
         B, H, S, D = q.shape
         bs = layout.block_size
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        block_mask, bias = _block_structure(layout)
+        block_mask = layout.to_block_mask()
+        score_mod = layout.flex_score_mod(attention_mask)
         q, k, v = zero_padding(attention_mask, q, k, v)  # padded NaN/Inf cannot reach real rows
 
-        if attention_mask is None:
-            def score_mod(score, b, h, q_idx, kv_idx):
-                return score + bias[h, q_idx // bs, kv_idx // bs]
-        else:
-            key_ok = attention_mask
-
-            def score_mod(score, b, h, q_idx, kv_idx):
-                s = score + bias[h, q_idx // bs, kv_idx // bs]
-                return torch.where(key_ok[b, kv_idx], s, float("-inf"))
-
-        kwargs = {}
+        kwargs = {"enable_gqa": True} if k.shape[1] != H else {}
         if q.device.type == "cuda" and bs < 128:
             kwargs["kernel_options"] = {"BLOCK_M": bs, "BLOCK_N": bs}
         fn = _flex_fn(q.device)

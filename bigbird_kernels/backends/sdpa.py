@@ -40,6 +40,7 @@ def zero_padding(attention_mask, *tensors):
 
 class SdpaBackend:
     name = "sdpa"
+    supports_gqa = True  # k, v with fewer heads than q: SDPA's enable_gqa
 
     def not_supported_reasons(self, inputs) -> list[str]:
         if inputs.dtype not in _DTYPES:
@@ -51,10 +52,14 @@ class SdpaBackend:
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         q, k, v = zero_padding(attention_mask, q, k, v)
         bias = dense_bias(layout, attention_mask, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        B, H, S, _ = q.shape
+        Hkv = k.shape[1]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=Hkv != H)
         lse = None
         if need_lse:
-            s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias.float()
+            # query heads grouped per key head: (B, Hkv, H/Hkv * S, D) @ (B, Hkv, D, S)
+            qg = q.float().reshape(B, Hkv, (H // Hkv) * S, D)
+            s = torch.matmul(qg, k.float().transpose(-1, -2)).reshape(B, H, S, S) * scale + bias.float()
             lse = torch.logsumexp(s, dim=-1)  # (B, H, S)
         if attention_mask is not None:
             (out,) = zero_padding(attention_mask, out)
