@@ -388,7 +388,7 @@ def test_not_supported_reasons(monkeypatch):
 
 
 def test_opcheck():
-    import bigbird_kernels.ops  # noqa: F401  (registers the ops)
+    import bigbird_kernels.backends.triton.ops  # noqa: F401  (registers the ops)
 
     layout = _hf(True, 1)(2, 6, 16)
     q, k, v = make_qkv(1, 2, 96, 32, requires_grad=True)

@@ -198,7 +198,7 @@ def test_triton_cuda_graph_capture_and_replay():
 def test_triton_no_host_sync_in_resample_mode():
     """``torch.cuda.set_sync_debug_mode("error")``: the op (fresh ``resample`` layouts each call, plan
     tables built per call) forward and backward never synchronise with the host."""
-    from bigbird_kernels.ops import triton_attention
+    from bigbird_kernels.backends.triton.ops import triton_attention
 
     B, H, S, D, bs = 2, 8, 4096, 64, 64
     mask = make_padding_mask(B, S, block_size=bs, kind="holes", device=DEV)

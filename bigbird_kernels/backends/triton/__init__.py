@@ -2,7 +2,7 @@
 
 CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``, the interpreter the tests use); fp16, bf16,
 fp32; head dims 32/64/128; block sizes 16/32/64/128. The forward and backward go through the
-registered op ``bigbird_kernels::triton_attn_fwd`` (see :mod:`bigbird_kernels.ops`), so autograd and
+registered op ``bigbird_kernels::triton_attn_fwd`` (see :mod:`.ops`), so autograd and
 ``torch.compile(fullgraph=True)`` see one op. Results are deterministic run to run whatever
 ``deterministic`` says (no atomics; split reductions are summed in a fixed order).
 """
@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from ... import ops as _ops  # noqa: F401  (registers bigbird_kernels::triton_attn_fwd/bwd; needs no triton)
+from . import ops as _ops  # registers bigbird_kernels::triton_attn_fwd/bwd; needs no triton
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (32, 64, 128)

@@ -40,7 +40,7 @@ def triton_attn_fwd(
     fwd_splits: int,
     bwd_splits: int,
 ) -> tuple[Tensor, Tensor]:
-    from .backends.triton.launch import _bigbird_attn_fwd
+    from .launch import _bigbird_attn_fwd
 
     return _bigbird_attn_fwd(q, k, v, attention_mask, fwd_items, fwd_idx, fwd_cnt, glob, scale, block_size, fwd_splits)
 
@@ -74,7 +74,7 @@ def triton_attn_bwd(
     fwd_splits: int,
     bwd_splits: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    from .backends.triton.launch import _bigbird_attn_bwd
+    from .launch import _bigbird_attn_bwd
 
     return _bigbird_attn_bwd(dout, grad_lse, q, k, v, out, lse, attention_mask, fwd_items, fwd_idx, fwd_cnt,
                              bwd_items, bwd_idx, bwd_cnt, glob, scale, block_size, fwd_splits, bwd_splits)
@@ -114,7 +114,7 @@ triton_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def triton_attention(q, k, v, layout, attention_mask=None, scale=None):
     """``(out, lse)`` of the Triton kernels for ``layout``, through the registered op (differentiable)."""
-    from .backends.triton.launch import get_plan
+    from .launch import get_plan
 
     plan = get_plan(layout)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
