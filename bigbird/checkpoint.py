@@ -46,7 +46,7 @@ from .hub import (
 )
 
 # resolve_checkpoint_dir, resolve_hub_files and looks_like_local_path live in bigbird.hub; they stay
-# importable from here because bigbird.inference and bigbird.encoder_decoder import them from this module
+# importable from here, where 0.1.0 had resolve_checkpoint_dir
 __all__ = [
     "load_pretrained",
     "save_pretrained",

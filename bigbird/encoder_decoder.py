@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CONFIG_NAME, _map_keys, _parse_dtype, read_state_dict, resolve_checkpoint_dir
+from .checkpoint import CONFIG_NAME, _map_keys, _parse_dtype, read_state_dict
 from .config import BigBirdConfig
 from .generation import UNSET
 from .heads import BigBirdForCausalLM
+from .hub import resolve_checkpoint_dir
 from .modeling import BigBirdModel
 from .outputs import Seq2SeqLMOutput
 

@@ -98,7 +98,7 @@ def resolve_model_dir(name: str, *, need_weights: bool = True, revision: str | N
         elif not any((p / t).is_file() for t in _TOKENIZER_FILES[:2]):
             raise InputError(f"directory {name!r} holds no tokenizer (no tokenizer.json or spiece.model)")
         return p, p
-    from ..checkpoint import looks_like_local_path
+    from ..hub import looks_like_local_path
 
     if looks_like_local_path(name):  # never looked up on the hub
         raise InputError(f"model directory {name!r} does not exist")
@@ -107,7 +107,7 @@ def resolve_model_dir(name: str, *, need_weights: bool = True, revision: str | N
 
 def _fetch_from_hub(name: str, *, need_weights: bool, revision: str | None) -> tuple[Path, Path]:
     """Tokenizer files (and config + weights) of hub model ``name``; returns their snapshot folders."""
-    from ..checkpoint import resolve_checkpoint_dir, resolve_hub_files
+    from ..hub import resolve_checkpoint_dir, resolve_hub_files
 
     offline = _offline()
 
