@@ -17,7 +17,7 @@ its results before the next starts:
 5. ``model``: the whole-model benchmark (bf16, batch 8, 4096 tokens; ours against transformers).
 
 Results go to ``--out`` (default ``$OUT``, else ``benchmarks/results/<device>/session``), at most 8
-files: ``session.json`` (metadata and each phase's status), one JSON per phase (DESIGN.md section 7
+files: ``session.json`` (metadata and each phase's status), one JSON per phase (docs/design.md section 7
 layout, ``meta`` naming the device) and ``logs.tar.gz`` (every phase's output). The phase budgets add
 up to 470 s, within 8 minutes on an H100 including the extension build; a phase out of time gets
 SIGINT, then SIGKILL, and is recorded as ``timeout`` with what it had written.

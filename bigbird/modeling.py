@@ -4,7 +4,7 @@ Module and parameter names equal Hugging Face's (``embeddings.word_embeddings``,
 ``encoder.layer.{i}.attention.self.query``, ``pooler`` as a bare ``Linear``, ...), so a
 ``transformers`` state dict maps onto ours key for key (see :mod:`bigbird.checkpoint`).
 
-What one forward does (``hf_bigbird_behaviour.md`` sections 1, 3, 4):
+What one forward does (as ``transformers``' ``modeling_big_bird.py`` computes it):
 
 * **Attention type, per call.** ``attention_type="block_sparse"`` runs
   :func:`bigbird_kernels.block_sparse_attention` when the un-padded length ``n`` exceeds

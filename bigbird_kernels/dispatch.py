@@ -127,7 +127,7 @@ def run_self_check(backend, device, dtype: torch.dtype, head_dim: int, block_siz
     """Run ``backend`` on a small fixed random problem (B=2, H=2, 6 blocks, r=1, global blocks 0 and
     -1; once without a mask and once with padding) on ``device`` and compare with the reference there.
 
-    The oracle is the reference in float64, the bound the tolerance rule (DESIGN.md section 6) applied
+    The oracle is the reference in float64, the bound the tolerance rule (docs/design.md section 6) applied
     to the reference run in ``dtype`` without upcast; ``check_pass="bwd"`` also compares dq, dk, dv for
     a random output gradient. Returns None when every comparison holds, else a one-line description of
     the first failure (or of the exception raised).

@@ -12,7 +12,7 @@ Row ``i`` of a non-global query block lists, in this order:
   twice, as in Hugging Face's BigBird).
 
 For the default structure (window 3, global blocks first and last) the multiset of every row is
-exactly Hugging Face's (``hf_bigbird_behaviour.md`` section 1.2); the order differs from HF's
+exactly Hugging Face's (``BigBirdBlockSparseAttention``'s key concatenation); the order differs from HF's
 concatenation order only in where block ``nb-1`` sits, which changes rounding, not the result.
 
 Builders (all return layouts on the requested device, cached where the mode allows it):
@@ -512,7 +512,7 @@ def _transpose(layout: BigBirdLayout) -> TransposedLayout:
 
 
 # --------------------------------------------------------------------------------------------------
-# Hugging Face's random blocks (hf_bigbird_behaviour.md section 2), bit-exact
+# Hugging Face's random blocks (``_bigbird_block_rand_mask`` and its variants), bit-exact
 # --------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Input makers and the shared tolerance rule, used by the tests and the benchmarks (DESIGN.md section 6)."""
+"""Input makers and the shared tolerance rule, used by the tests and the benchmarks (docs/design.md section 6)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 // The .cu files implement host launchers declared here; csrc/bigbird_attn.cpp (the only file that
 // includes torch) fills the parameter structs, allocates outputs and workspaces, and calls them.
 //
-// Work decomposition (shared by every kernel, see DESIGN.md section 2 for the contract):
+// Work decomposition (shared by every kernel, see docs/design.md section 2 for the contract):
 //
 // * "row tasks" (forward, dQ): one CTA handles TWO query blocks ("slots") of one (batch, head) and
 //   walks the union of their key-block lists once, so the window/global key blocks they share are

@@ -1,4 +1,4 @@
-"""Compile checks of the CUDA sources, no GPU needed (DESIGN.md section 6).
+"""Compile checks of the CUDA sources, no GPU needed (docs/design.md section 6).
 
 * every ``csrc/*.cu`` compiles with ``nvcc -c`` for sm_80 and for sm_90a, the architectures a build holds
   (skipped cleanly without nvcc), with the same defines torch's extension builder passes;
@@ -473,7 +473,7 @@ def _ctas_per_sm(regs: int, threads: int, smem: int, lim: dict) -> int:
 
 
 def _useful_step_flops(D: int) -> int:
-    """Useful FLOPs of one 64 x 64 block-pair step of one warpgroup (DESIGN.md section 7: 4 bs^2 D)."""
+    """Useful FLOPs of one 64 x 64 block-pair step of one warpgroup (docs/design.md section 7: 4 bs^2 D)."""
     return 4 * 64 * 64 * D
 
 

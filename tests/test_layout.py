@@ -69,7 +69,7 @@ def test_hf_random_blocks_match_transformers(case, training):
 
 
 def test_hf_reference_values_base_config():
-    """The published reference rows and hashes (hf_bigbird_behaviour.md section 2.6)."""
+    """Reference rows and hashes of Hugging Face's random blocks for the base config, recorded from transformers."""
     expected = {
         1024: ([[9, 14, 7], [9, 6, 7], [10, 5, 14], [6, 8, 12]], [2, 6, 5], [6, 11, 10], "14e2e195bcd819af"),
         2048: ([[4, 6, 7], [4, 8, 5], [8, 1, 5], [9, 2, 1]], [5, 3, 1], [3, 5, 4], "566d810818e3ed75"),

@@ -1,7 +1,7 @@
 """The ``cuda`` backend on a real GPU: forward and backward against the reference, determinism, the
 registered op (opcheck, torch.compile). Skipped without CUDA (tests/conftest.py skips ``gpu`` tests).
 
-Tolerances follow DESIGN.md section 6: the kernel's max error against the fp32 reference must be at
+Tolerances follow docs/design.md section 6: the kernel's max error against the fp32 reference must be at
 most 2x (3x for gradients) the error of the same reference run in the low precision, plus a floor.
 Both forward paths are exercised on Hopper: the TMA/wgmma kernel and, with
 BIGBIRD_CUDA_DISABLE_SM90=1, the portable mma.sync kernel.
@@ -214,7 +214,7 @@ def _reference(q, k, v, layout, mask, dout, dtype):
 
 
 def _assert_matches(got, oracle, lowp, dtype, what=""):
-    """got = (out, lse, dq, dk, dv) of the kernel against the references (tolerance rule, DESIGN.md 6)."""
+    """got = (out, lse, dq, dk, dv) of the kernel against the references (tolerance rule, docs/design.md 6)."""
     assert_close_by_rule(got[0], oracle[0], lowp[0], dtype, what=f"{what}out")
     finite = torch.isfinite(oracle[1])
     assert torch.equal(torch.isfinite(got[1]), finite), f"{what}lse is -inf exactly where the reference's is"

@@ -2,7 +2,7 @@
 races (bit-identical repeated runs), fp32, CUDA-graph capture, no host synchronisation, NaN in padded
 positions, the self-check, and a speed report. Skipped without CUDA (tests/conftest.py).
 
-Tolerances follow DESIGN.md section 6 (``assert_close_by_rule``): error against the fp32 reference at
+Tolerances follow docs/design.md section 6 (``assert_close_by_rule``): error against the fp32 reference at
 most 2x (3x for gradients) the error of the reference run in the low precision, plus a floor.
 """
 
@@ -228,7 +228,7 @@ def test_triton_self_check_passes_on_this_device(dtype, D):
 
 
 def test_triton_speed_report():
-    """Not an assertion: prints the effective TFLOP/s of the targets' shapes (DESIGN.md section 7)."""
+    """Not an assertion: prints the effective TFLOP/s of the targets' shapes (docs/design.md section 7)."""
     import triton.testing
 
     rows = []
