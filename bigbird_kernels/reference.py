@@ -63,19 +63,25 @@ def _masked_softmax_matmul(s: torch.Tensor, keep: torch.Tensor | None, v: torch.
     return out, lse
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16), read from /proc/cpuinfo.
-
-    There, bf16 matmuls run 2-3x faster than fp32 (measured on a Sapphire Rapids Xeon); elsewhere
-    they are emulated and slower, so the reference computes bf16 inputs in fp32.
-    """
+def _read_native_bf16() -> bool:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+_NATIVE_BF16 = _read_native_bf16()  # read once at import: torch.compile cannot trace file reads
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo).
+
+    There, bf16 matmuls run 2-7x faster than fp32 (measured on a Sapphire Rapids Xeon); elsewhere
+    they are emulated and slower, so the reference computes bf16 inputs in fp32.
+    """
+    return _NATIVE_BF16
 
 
 def _compute_dtypes(dtype: torch.dtype, device: torch.device, upcast: bool | None) -> tuple[torch.dtype, torch.dtype]:
@@ -100,17 +106,17 @@ def _distinct_key_blocks(layout: BigBirdLayout) -> tuple[torch.Tensor, torch.Ten
     Returns ``blocks (H, num_blocks, Wd)`` int64 and ``log_count (H, num_blocks, Wd)`` fp64, where
     ``Wd`` is the largest number of distinct blocks of a row; slots past a row's distinct blocks (and
     rows of global blocks) hold block 0 with ``log_count = _MASKED``. Built once per layout (one host
-    read of ``Wd``) and cached on it; while torch.compile traces before that, the rows as listed
-    (each entry its own slot, count 1), which is the same attention.
+    read of ``Wd``) and cached on it. Under torch.compile, the rows as listed (each entry its own
+    slot, count 1): the same attention, without a data-dependent width in the graph.
     """
+    H, nb, W = layout.kv_indices.shape
+    listed = torch.arange(W, device=layout.device) < layout.kv_num_blocks[..., None]  # (H, nb, W)
+    if torch.compiler.is_compiling():  # before the cache is read: no guard on it, no recompile when it fills
+        zero = torch.zeros((), dtype=torch.float64, device=layout.device)
+        return layout.kv_indices.long(), torch.where(listed, zero, _MASKED)
     hit = layout._cache.get("reference_distinct_blocks")
     if hit is not None:
         return hit
-    H, nb, W = layout.kv_indices.shape
-    listed = torch.arange(W, device=layout.device) < layout.kv_num_blocks[..., None]  # (H, nb, W)
-    if torch.compiler.is_compiling():
-        zero = torch.zeros((), dtype=torch.float64, device=layout.device)
-        return layout.kv_indices.long(), torch.where(listed, zero, _MASKED)
     with torch.inference_mode(False):  # the cached tensors must serve autograd later
         ids = torch.where(listed, layout.kv_indices.long(), nb).sort(dim=-1).values  # unlisted (nb) last
         first = torch.ones_like(listed)
@@ -156,6 +162,17 @@ def _attend(q, k, v, bias, scale, need_lse, in_place, scratch, out=None):
     # torch's softmax keeps its statistics in fp32 for bf16/fp16 inputs
     p = torch.ops.aten._softmax.out(s, -1, False, out=s) if in_place else torch.softmax(s, dim=-1)
     return torch.bmm(p.to(v.dtype), v, out=out), lse
+
+
+def _place(out, lse, pieces, a, o, m):
+    """Results ``o (N, R, bs, D)`` and ``m (N, R, bs)`` (or None) of query blocks ``a .. a + R - 1``: into
+    ``out (N, nb, bs, D)`` and ``lse``, or appended to ``pieces`` when ``out`` is None (autograd)."""
+    if out is None:
+        pieces.append((a, o, m))
+        return
+    out[:, a : a + o.shape[1]] = o
+    if m is not None:
+        lse[:, a : a + o.shape[1]] = m
 
 
 def _runs(num_blocks: int, global_blocks: tuple[int, ...], step: int) -> list[tuple[int, int]]:
@@ -219,18 +236,13 @@ def block_sparse_attention_ref(
     vs = v.to(vdt).contiguous().view(N, S, D)
 
     stat_dtype = torch.float64 if sdt == torch.float64 else torch.float32
-    if not grad:  # each chunk's result goes straight to its place
+    # each chunk's result goes straight to its place, or (under autograd) is kept and joined at the end
+    out = lse = None
+    if not grad:
         out = torch.empty(N, nb, bs, D, dtype=vdt, device=q.device)
         lse = torch.empty(N, nb, bs, dtype=stat_dtype, device=q.device) if need_lse else None
-    pieces = []  # under autograd: (first block, out (N, R, bs, D), lse (N, R, bs) or None), joined at the end
-
-    def place(a, o, m):  # the results of query blocks a .. a + R - 1
-        if grad:
-            pieces.append((a, o, m))
-            return
-        out[:, a : a + o.shape[1]] = o
-        if need_lse:
-            lse[:, a : a + o.shape[1]] = m
+    pieces = []
+    place = functools.partial(_place, out, lse, pieces)
 
     # global query blocks: a dense row over every key, in chunks of heads
     G = len(layout.global_blocks)
@@ -263,7 +275,7 @@ def block_sparse_attention_ref(
                        need_lse, in_place, scratch, out=scratch("o", (N * R, bs, D), vdt))
         place(a, o.view(N, R, bs, D), m.view(N, R, bs) if need_lse else None)
 
-    if grad:  # autograd keeps every chunk: join them in block order
+    if out is None:  # autograd kept every chunk: join them in block order
         pieces.sort(key=lambda p: p[0])
         out = torch.cat([p[1] for p in pieces], dim=1)
         lse = torch.cat([p[2] for p in pieces], dim=1) if need_lse else None

@@ -258,8 +258,8 @@ def test_reference_without_grad_equals_reference_with_grad():
     assert torch.equal(out, out_g.detach()) and torch.equal(lse, lse_g.detach())
 
 
-def test_reference_compiled_before_the_first_eager_call_matches_eager():
-    """While torch.compile traces, the rows are read as listed (no dedup table yet): same attention."""
+def test_reference_compiled_matches_eager():
+    """Under torch.compile the rows are read as listed (no distinct-block table): the same attention."""
     B, H, L, bs, D = 2, 2, 16 * 12, 16, 8
     layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=3, num_heads=H, training=False)
     layout._cache.pop("reference_distinct_blocks", None)
