@@ -222,6 +222,9 @@ def block_sparse_attention_ref(
     in_place = not grad and q.device.type == "cpu"
     scratch = _Scratch(not grad, q.device)
 
+    if attention_mask is not None and q.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(attention_mask.all()):  # no padding (a free check on the CPU): skip the selects below
+            attention_mask = None
     key_bias = torch.zeros(B, S, dtype=sdt, device=q.device)  # (B, S): 0, or _MASKED on padded keys
     if attention_mask is not None:
         real = attention_mask[:, None, :, None]  # (B, 1, S, 1)

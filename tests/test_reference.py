@@ -245,6 +245,16 @@ def test_reference_takes_any_strides():
     assert torch.equal(out, out_s) and torch.equal(lse, lse_s)
 
 
+def test_reference_all_true_mask_equals_no_mask():
+    """An all-True mask takes the no-padding path on CPU (no selects): the same result, NaN-free lse."""
+    B, H, L, bs, D = 2, 3, 16 * 12, 16, 8
+    layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=2, num_heads=H, training=True)
+    q, k, v = make_qkv(B, H, L, D)
+    out, lse = block_sparse_attention_ref(q, k, v, layout, torch.ones(B, L, dtype=torch.bool))
+    out_n, lse_n = block_sparse_attention_ref(q, k, v, layout)
+    assert torch.equal(out, out_n) and torch.equal(lse, lse_n)
+
+
 def test_reference_without_grad_equals_reference_with_grad():
     """The in-place path (reused buffers, softmax in place) computes what the autograd path computes."""
     B, H, L, bs, D = 2, 3, 64 * 9, 64, 16
