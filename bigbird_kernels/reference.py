@@ -158,7 +158,8 @@ def _attend(q, k, v, bias, scale, need_lse, in_place, scratch, out=None):
     """
     N, M, L = q.shape[0], q.shape[1], k.shape[1]
     s = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale, out=scratch("s", (N, M, L), q.dtype))
-    lse = torch.logsumexp(s.to(torch.float64 if s.dtype == torch.float64 else torch.float32), dim=-1) if need_lse else None
+    stat_dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+    lse = torch.logsumexp(s.to(stat_dtype), dim=-1) if need_lse else None
     # torch's softmax keeps its statistics in fp32 for bf16/fp16 inputs
     p = torch.ops.aten._softmax.out(s, -1, False, out=s) if in_place else torch.softmax(s, dim=-1)
     return torch.bmm(p.to(v.dtype), v, out=out), lse
