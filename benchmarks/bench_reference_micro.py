@@ -7,7 +7,7 @@ Not part of the default test run (pytest collects ``tests/`` and ``test_*.py`` f
 
 Each case times one forward (no autograd) on fresh random inputs with a right-padded attention mask,
 eval-mode Hugging Face layout. ``extra_info`` records the shape, the attended-block FLOPs
-(DESIGN.md section 7) and the effective GFLOP/s of the median.
+(docs/design.md section 7) and the effective GFLOP/s of the median.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Attention benchmark: our backends against dense SDPA, FlexAttention and Hugging Face's module.
 
-One harness times every backend on the same inputs (DESIGN.md section 7): medians over repeated runs
+One harness times every backend on the same inputs (docs/design.md section 7): medians over repeated runs
 after warm-up, effective TFLOP/s on attended blocks, peak memory, ``oom``/``unsupported`` recorded
 rather than dropped. On CPU each configuration runs in its own process (so peak RSS belongs to it);
 on CUDA one process times everything with CUDA events.
@@ -280,7 +280,7 @@ def _measure_in_subprocess(config: dict, timeout: float) -> dict:
 def run_attention_benchmark(*, device="cpu", backends=None, seq_lens=(1024, 2048, 4096), dtypes=None, passes=("fwd",),
                             batch=1, heads=12, head_dim=64, block_size=64, num_random_blocks=3, reps=None,
                             warmup=None, mask=True, threads=None, timeout=900.0, progress=print) -> dict:
-    """Run every configuration and return ``{"meta": ..., "records": [...]}`` (DESIGN.md section 7)."""
+    """Run every configuration and return ``{"meta": ..., "records": [...]}`` (docs/design.md section 7)."""
     backends = tuple(backends or (CPU_BACKENDS if device == "cpu" else GPU_BACKENDS))
     dtypes = tuple(dtypes or (("float32",) if device == "cpu" else ("bfloat16",)))
     reps = reps or (5 if device == "cpu" else 30)

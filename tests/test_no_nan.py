@@ -14,7 +14,7 @@ from bigbird_kernels.dispatch import AttentionInputs, not_supported_reasons
 from bigbird_kernels.nn import BlockSparseSelfAttention
 from bigbird_kernels.testing import make_padding_mask, make_qkv
 
-BACKENDS = ["sdpa", "flex", "triton"]
+BACKENDS = ["reference", "sdpa", "flex", "triton"]
 POISONS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, BS, NB, D, R = 4, 2, 16, 8, 32, 1
