@@ -13,10 +13,16 @@ prints a table and writes JSON::
 Usage (also ``benchmarks/bench_model.py``)::
 
     python -m bigbird.benchmark                                  # base config, fp32, B=1, S=4096, CPU
+    python -m bigbird.benchmark --compare-dtype bf16             # + our model in bf16, its speed and error
     python -m bigbird.benchmark --device cuda --dtype bf16 --batch 8
 
-Both processes also save their ``last_hidden_state``; the parent reports the max abs difference
-between them, so the two timings are known to compute the same thing.
+The generated checkpoint is a ``BigBirdForMaskedLM`` (random init); the timed forward is its
+encoder (``model.bert``), the MLM head runs once afterwards, untimed. Every process saves its
+``last_hidden_state`` and MLM top-1 predictions; the parent reports the max abs difference between
+ours and transformers (so the two timings are known to compute the same thing) and, for
+``--compare-dtype``, the relative L2 error of our ``last_hidden_state`` and the MLM top-1 agreement
+against our model in ``--dtype``. On CPU each worker also measures the machine's GEMM rate
+(``gemm_gflops``, fp32 and the run's dtype) before timing, and the process CPU time per forward.
 """
 
 from __future__ import annotations
@@ -65,19 +71,21 @@ def _worker(args) -> dict:
         if args.backend == "ours":
             import bigbird
 
-            model = bigbird.BigBirdModel.from_pretrained(args.weights, dtype=dtype, device=device,
-                                                         attention_backend=args.attention_backend)
+            cls = bigbird.BigBirdForMaskedLM if args.mlm_head else bigbird.BigBirdModel
+            model = cls.from_pretrained(args.weights, dtype=dtype, device=device, attention_backend=args.attention_backend)
         else:
             import transformers
 
             transformers.logging.set_verbosity_error()
-            model = transformers.BigBirdModel.from_pretrained(args.weights, dtype=dtype).to(device)
+            cls = transformers.BigBirdForMaskedLM if args.mlm_head else transformers.BigBirdModel
+            model = cls.from_pretrained(args.weights, dtype=dtype).to(device)
             if args.backend == "transformers-patched":
                 # transformers' model with its block-sparse attention swapped for our op (issue 7)
                 from bigbird_kernels.integrations.transformers import patch_bigbird
 
                 patch_bigbird(model, backend=args.attention_backend)
         model.eval()
+        head, model = (model.cls, model.bert) if args.mlm_head else (None, model)
         cfg = model.config
         rec.update(H=cfg.num_attention_heads, D=cfg.hidden_size // cfg.num_attention_heads, layers=cfg.num_hidden_layers,
                    block_size=cfg.block_size, r=cfg.num_random_blocks, hidden=cfg.hidden_size)
@@ -91,6 +99,10 @@ def _worker(args) -> dict:
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        else:
+            from bigbird_kernels.bench import gemm_gflops
+
+            rec["gemm_gflops"] = {"fp32": gemm_gflops(torch.float32), args.dtype: gemm_gflops(dtype)}
         times, cpu_times = [], []
         with torch.inference_mode():
             for i in range(args.warmup + args.reps):
@@ -103,7 +115,11 @@ def _worker(args) -> dict:
                     cpu_times.append((time.process_time() - c0) * 1e3)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         if args.save_output:
-            torch.save(hidden.float().cpu(), args.save_output)
+            saved = {"hidden": hidden.float().cpu()}
+            if head is not None:
+                with torch.inference_mode():
+                    saved["top1"] = head(hidden).argmax(-1).cpu()
+            torch.save(saved, args.save_output)
         rec["ms"] = statistics.median(times)
         rec["ms_all"] = [round(t, 2) for t in times]
         # CPU time of the process per forward (all threads): less sensitive than wall time to other
@@ -129,13 +145,13 @@ def _worker(args) -> dict:
 
 
 def _make_weights(folder: Path, args) -> None:
-    """A randomly initialised transformers BigBirdModel (base config unless overridden), saved once."""
+    """A randomly initialised transformers BigBirdForMaskedLM (base config unless overridden), saved once."""
     code = (
         "import sys, torch, transformers\n"
         "transformers.logging.set_verbosity_error()\n"
         "torch.manual_seed(0)\n"
         f"cfg = transformers.BigBirdConfig(num_hidden_layers={args.layers}, max_position_embeddings={max(4096, args.seq_len)})\n"
-        "transformers.BigBirdModel(cfg).save_pretrained(sys.argv[1])\n"
+        "transformers.BigBirdForMaskedLM(cfg).save_pretrained(sys.argv[1])\n"
     )
     subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env=_child_env())
 
@@ -192,15 +208,18 @@ def run_benchmark(args) -> dict:
         if not args.weights:
             print(f"creating random base weights ({args.layers} layers) in {weights} ...", flush=True)
             _make_weights(weights, args)
-        runs: dict[str, list[dict]] = {b: [] for b in backends}
+        configs = [(b, args.dtype) for b in backends]
+        if args.compare_dtype and args.compare_dtype != args.dtype:
+            configs.append(("ours", args.compare_dtype))
+        runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
         outputs = {}
-        for rnd in range(args.rounds):  # rounds alternate the processes: both see the same machine drift
-            for backend in backends:
-                runs[backend].append(_run_worker(backend, weights, tmp, args, rnd))
-                out_file = tmp / f"out_{backend}.pt"
-                if out_file.exists() and backend not in outputs:
-                    outputs[backend] = torch.load(out_file, weights_only=True)
-        records = [_merge_rounds(runs[b]) for b in backends]
+        for rnd in range(args.rounds):  # rounds alternate the processes: all see the same machine drift
+            for backend, dtype in configs:
+                runs[backend, dtype].append(_run_worker(backend, dtype, weights, tmp, args, rnd))
+                out_file = tmp / f"out_{backend}_{dtype}.pt"
+                if out_file.exists() and (backend, dtype) not in outputs:
+                    outputs[backend, dtype] = torch.load(out_file, weights_only=True)
+        records = [_merge_rounds(runs[c]) for c in configs]
         meta = {
             "device": _device_name(args.device),
             "device_type": args.device,
@@ -211,7 +230,7 @@ def run_benchmark(args) -> dict:
             "cpu_threads": next((r.get("threads") for r in records if r.get("threads")), torch.get_num_threads()),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
-            "model": "BigBirdModel, random init, config: " + (
+            "model": "BigBirdModel (encoder of a BigBirdForMaskedLM), random init, config: " + (
                 f"base (hidden 768, 12 heads, block 64, r 3), {args.layers} layers" if not args.weights else str(weights)),
             "mode": "eval, torch.inference_mode, attention_mask all ones",
             "warmup": args.warmup,
@@ -219,27 +238,45 @@ def run_benchmark(args) -> dict:
             "rounds": args.rounds,
             "peak_mem": "ru_maxrss of the process (CPU) / torch.cuda.max_memory_allocated (CUDA)",
         }
-        if "ours" in outputs and "transformers" in outputs:
-            meta["max_abs_diff_last_hidden_state"] = float((outputs["ours"] - outputs["transformers"]).abs().max())
+        ours, hf = outputs.get(("ours", args.dtype)), outputs.get(("transformers", args.dtype))
+        if ours and hf:
+            meta["max_abs_diff_last_hidden_state"] = float((ours["hidden"] - hf["hidden"]).abs().max())
+            if "top1" in ours and "top1" in hf:
+                meta["mlm_top1_agreement_ours_vs_transformers"] = float((ours["top1"] == hf["top1"]).double().mean())
+        other = outputs.get(("ours", args.compare_dtype))
+        if ours and other and args.compare_dtype != args.dtype:
+            rec = next(r for r in records if r["backend"] == "ours" and r["dtype"] == args.compare_dtype)
+            rec["error_vs_ours_" + args.dtype] = _errors(other, ours)
     return {"meta": meta, "records": records}
 
 
-def _run_worker(backend: str, weights: Path, tmp: Path, args, rnd: int) -> dict:
-    out_file = tmp / f"out_{backend}.pt"
+def _errors(out: dict, ref: dict) -> dict:
+    """Relative L2 error of ``last_hidden_state`` and MLM top-1 agreement of ``out`` against ``ref``."""
+    err = {"last_hidden_state_rel_l2": float((out["hidden"] - ref["hidden"]).norm() / ref["hidden"].norm()),
+           "last_hidden_state_max_abs": float((out["hidden"] - ref["hidden"]).abs().max())}
+    if "top1" in out and "top1" in ref:
+        err["mlm_top1_agreement"] = float((out["top1"] == ref["top1"]).double().mean())
+    return err
+
+
+def _run_worker(backend: str, dtype: str, weights: Path, tmp: Path, args, rnd: int) -> dict:
+    out_file = tmp / f"out_{backend}_{dtype}.pt"
     cmd = [sys.executable, "-m", "bigbird.benchmark", "--worker", "--backend", backend,
-           "--weights", str(weights), "--device", args.device, "--dtype", args.dtype,
+           "--weights", str(weights), "--device", args.device, "--dtype", dtype,
            "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--reps", str(args.reps),
            "--warmup", str(args.warmup), "--threads", str(args.threads or 0),
            "--attention-backend", args.attention_backend, "--save-output", str(out_file)]
+    if not args.weights:
+        cmd.append("--mlm-head")
     tag = f" round {rnd + 1}/{args.rounds}" if args.rounds > 1 else ""
-    print(f"running {backend} ({args.device}, {args.dtype}, B={args.batch}, S={args.seq_len}){tag} ...", flush=True)
+    print(f"running {backend} ({args.device}, {dtype}, B={args.batch}, S={args.seq_len}){tag} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("BENCH_RECORD "):
             return json.loads(line[len("BENCH_RECORD "):])
     tail = (proc.stderr or proc.stdout)[-500:]
     killed = proc.returncode in (-9, 137)
-    return {"backend": backend, "pass": "fwd", "dtype": args.dtype, "B": args.batch, "S": args.seq_len,
+    return {"backend": backend, "pass": "fwd", "dtype": dtype, "B": args.batch, "S": args.seq_len,
             "ms": None, "peak_mem_bytes": None, "status": "oom" if killed else f"error: exit {proc.returncode}: {tail}"}
 
 
@@ -260,6 +297,8 @@ def _merge_rounds(recs: list[dict]) -> dict:
     rec["rss_peak_bytes"] = max(r["rss_peak_bytes"] for r in ok)
     rec["rounds"] = len(ok)
     rec["load_avg_1min"] = [r.get("load_avg_1min") for r in ok]
+    if ok[0].get("gemm_gflops"):
+        rec["gemm_gflops"] = {k: statistics.median(r["gemm_gflops"][k] for r in ok) for k in ok[0]["gemm_gflops"]}
     return rec
 
 
@@ -273,17 +312,19 @@ def _version(mod: str) -> str | None:
 
 
 def format_table(result: dict) -> str:
-    rows = [("backend", "pass", "dtype", "B", "S", "median ms", "all ms", "cpu ms", "peak MB", "status")]
+    rows = [("backend", "pass", "dtype", "B", "S", "median ms", "all ms", "cpu ms", "peak MB", "GEMM GFLOP/s", "status")]
     for r in result["records"]:
+        gemm = " ".join(f"{k} {v:.0f}" for k, v in (r.get("gemm_gflops") or {}).items()) or "-"
         rows.append((r["backend"], r["pass"], r["dtype"], str(r["B"]), str(r["S"]),
                      f"{r['ms']:.0f}" if r.get("ms") else "-",
                      " ".join(f"{t:.0f}" for t in r.get("ms_all", [])) or "-",
                      f"{r['cpu_ms']:.0f}" if r.get("cpu_ms") else "-",
-                     f"{r['peak_mem_bytes'] / 2**20:.0f}" if r.get("peak_mem_bytes") else "-", r["status"][:60]))
+                     f"{r['peak_mem_bytes'] / 2**20:.0f}" if r.get("peak_mem_bytes") else "-", gemm, r["status"][:60]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    by = {r["backend"]: r for r in result["records"]}
+    dtype = result["records"][0]["dtype"] if result["records"] else None
+    by = {r["backend"]: r for r in result["records"] if r["dtype"] == dtype}
     t = by.get("transformers")
     for name in ("ours", "transformers-patched"):
         o = by.get(name)
@@ -294,6 +335,15 @@ def format_table(result: dict) -> str:
                          f"({t['peak_mem_bytes'] / 2**20:.0f} -> {o['peak_mem_bytes'] / 2**20:.0f} MB)")
     if "max_abs_diff_last_hidden_state" in result["meta"]:
         lines.append(f"max |ours - transformers| on last_hidden_state: {result['meta']['max_abs_diff_last_hidden_state']:.3g}")
+    o = by.get("ours")
+    for r in result["records"]:
+        err = r.get(f"error_vs_ours_{dtype}")
+        if err is None or not (o and o.get("ms") and r.get("ms")):
+            continue
+        cpu = f" (CPU time {o['cpu_ms'] / r['cpu_ms']:.2f}x)" if o.get("cpu_ms") and r.get("cpu_ms") else ""
+        top1 = f", MLM top-1 agreement {err['mlm_top1_agreement']:.4f}" if "mlm_top1_agreement" in err else ""
+        lines.append(f"ours {r['dtype']} vs ours {dtype}: {o['ms'] / r['ms']:.2f}x faster{cpu}; last_hidden_state "
+                     f"relative L2 error {err['last_hidden_state_rel_l2']:.3g}{top1}")
     return "\n".join(lines)
 
 
@@ -301,6 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigbird-bench-model", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+    p.add_argument("--compare-dtype", default=None, choices=sorted(_DTYPES),
+                   help="also run our model in this dtype: its speed and error against --dtype")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--layers", type=int, default=12, help="encoder layers of the generated base model")
@@ -316,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
     p.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--mlm-head", action="store_true", help=argparse.SUPPRESS)
     return p
 
 

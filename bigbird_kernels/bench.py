@@ -5,6 +5,12 @@ after warm-up, effective TFLOP/s on attended blocks, peak memory, ``oom``/``unsu
 rather than dropped. On CPU each configuration runs in its own process (so peak RSS belongs to it);
 on CUDA one process times everything with CUDA events.
 
+On a shared CPU wall time alone misleads: every CPU record also carries the process's CPU time per
+call (``cpu_ms``) and a GEMM calibration measured in the same process around the timing
+(``gemm_gflops``: the machine's square-matmul rate in the benchmark dtype just then), so results of
+different runs compare by ``tflops / gemm_gflops``. ``--threads 1`` makes CPU time exact (no
+spinning OpenMP workers).
+
     python -m bigbird_kernels.bench --quick            # CPU: reference, sdpa, transformers
     python -m bigbird_kernels.bench --device cuda      # GPU: every backend and peer
 """
@@ -137,15 +143,28 @@ def _hf_call(q, k, v, layout, mask):
     return call
 
 
-def _time_cpu(fn, reps: int, warmup: int) -> list[float]:
+def _time_cpu(fn, reps: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall and process CPU milliseconds of each of ``reps`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu_times = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return times
+        cpu_times.append((time.process_time() - c0) * 1e3)
+    return times, cpu_times
+
+
+def gemm_gflops(dtype: torch.dtype = torch.float32, device: str = "cpu", n: int = 1024, reps: int = 5) -> float:
+    """The machine's measured matmul rate: median GFLOP/s of an ``n x n @ n x n`` ``dtype`` product.
+
+    Taken in the same process as a benchmark, it calibrates the figures against what this (possibly
+    shared, possibly busy) machine delivered at that moment.
+    """
+    a = torch.randn(n, n, device=device).to(dtype)
+    times = _time_cuda(lambda: a @ a, reps, 2) if device != "cpu" else _time_cpu(lambda: a @ a, reps, 2)[0]
+    return 2.0 * n**3 / (statistics.median(times) * 1e-3) / 1e9
 
 
 def _time_cuda(fn, reps: int, warmup: int) -> list[float]:
@@ -179,6 +198,8 @@ def measure(config: dict) -> dict:
     from .layout import hf_layout
 
     device = config["device"]
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
     dtype = getattr(torch, config["dtype"])
     B, H, S, D, bs, r = (config[k] for k in ("B", "H", "S", "D", "block_size", "r"))
     rec = {k: config[k] for k in ("backend", "pass", "dtype", "B", "H", "S", "D", "block_size", "r")}
@@ -203,9 +224,15 @@ def measure(config: dict) -> dict:
                     torch.autograd.grad(call(), (q, k, v), grad)
         if device == "cpu":
             base = _rss_bytes()
-            times = _time_cpu(fn, config["reps"], config["warmup"])
+            gemm = [gemm_gflops(dtype)]
+            times, cpu_times = _time_cpu(fn, config["reps"], config["warmup"])
+            gemm.append(gemm_gflops(dtype))
             rec["peak_mem_bytes"] = max(0, _peak_rss_bytes() - base)
             rec["peak_rss_bytes"] = _peak_rss_bytes()
+            rec["cpu_ms"] = statistics.median(cpu_times)
+            rec["gemm_gflops"] = statistics.mean(gemm)  # before and after the timing
+            rec["threads"] = torch.get_num_threads()
+            rec["load_avg_1min"] = os.getloadavg()[0]
         else:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -215,6 +242,8 @@ def measure(config: dict) -> dict:
         rec["ms"] = statistics.median(times)
         rec["ms_min"] = min(times)
         rec["tflops"] = attention_flops(layout, B, D, config["pass"]) / (rec["ms"] * 1e-3) / 1e12
+        if rec.get("gemm_gflops"):
+            rec["fraction_of_gemm_rate"] = rec["tflops"] * 1e3 / rec["gemm_gflops"]
     except torch.cuda.OutOfMemoryError:
         rec["status"] = "oom"
     except MemoryError:
@@ -250,7 +279,7 @@ def _measure_in_subprocess(config: dict, timeout: float) -> dict:
 
 def run_attention_benchmark(*, device="cpu", backends=None, seq_lens=(1024, 2048, 4096), dtypes=None, passes=("fwd",),
                             batch=1, heads=12, head_dim=64, block_size=64, num_random_blocks=3, reps=None,
-                            warmup=None, mask=True, timeout=900.0, progress=print) -> dict:
+                            warmup=None, mask=True, threads=None, timeout=900.0, progress=print) -> dict:
     """Run every configuration and return ``{"meta": ..., "records": [...]}`` (DESIGN.md section 7)."""
     backends = tuple(backends or (CPU_BACKENDS if device == "cpu" else GPU_BACKENDS))
     dtypes = tuple(dtypes or (("float32",) if device == "cpu" else ("bfloat16",)))
@@ -263,32 +292,42 @@ def run_attention_benchmark(*, device="cpu", backends=None, seq_lens=(1024, 2048
                 for backend in backends:
                     config = dict(device=device, backend=backend, dtype=dtype, B=batch, H=heads, S=S, D=head_dim,
                                   block_size=block_size, r=num_random_blocks, reps=reps, warmup=warmup, mask=mask,
-                                  **{"pass": pass_})
+                                  threads=threads, **{"pass": pass_})
                     rec = _measure_in_subprocess(config, timeout) if device == "cpu" else measure(config)
                     if device != "cpu":
                         torch.cuda.empty_cache()
                     records.append(rec)
                     if progress:
                         progress(_format_row(rec))
-    return {"meta": collect_meta(device), "records": records}
+    meta = collect_meta(device)
+    if threads:
+        meta["threads"] = threads
+    return {"meta": meta, "records": records}
 
 
 def _format_row(rec: dict) -> str:
     ms = f"{rec['ms']:.2f}" if rec.get("ms") is not None else "-"
     tf = f"{rec['tflops']:.3f}" if rec.get("tflops") is not None else "-"
     mem = f"{rec['peak_mem_bytes'] / 2**20:.0f}" if rec.get("peak_mem_bytes") is not None else "-"
+    cpu = f"  {rec['cpu_ms']:.2f} cpu-ms, GEMM {rec['gemm_gflops']:.0f} GFLOP/s" if rec.get("cpu_ms") is not None else ""
     return (f"{rec['backend']:<13} {rec['pass']:<8} {rec['dtype']:<9} S={rec['S']:<6} {ms:>10} ms "
-            f"{tf:>9} TFLOP/s {mem:>7} MiB  {rec['status']}")
+            f"{tf:>9} TFLOP/s {mem:>7} MiB  {rec['status']}{cpu}")
 
 
 def summary_table(result: dict, baseline: str = "reference") -> str:
-    """A Markdown table: one row per (S, pass, dtype), ms and peak MiB per backend, speed-ups vs HF."""
+    """A Markdown table: one row per (S, pass, dtype), ms and peak MiB per backend, speed-ups vs HF
+    (wall time, and CPU time where measured), and the GEMM calibration of the row's runs."""
     recs = result["records"]
     backends = list(dict.fromkeys(r["backend"] for r in recs))
     keys = list(dict.fromkeys((r["S"], r["pass"], r["dtype"]) for r in recs))
+    has_cpu = any(r.get("cpu_ms") for r in recs)
     head = ["S", "pass", "dtype"] + [f"{b} ms" for b in backends] + [f"{b} MiB" for b in backends]
     if "transformers" in backends:
         head += [f"{b} speed-up vs transformers" for b in backends if b != "transformers"]
+        if has_cpu:
+            head += [f"{b} CPU-time speed-up vs transformers" for b in backends if b != "transformers"]
+    if has_cpu:
+        head.append("GEMM GFLOP/s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         row = {r["backend"]: r for r in recs if (r["S"], r["pass"], r["dtype"]) == key}
@@ -307,6 +346,15 @@ def summary_table(result: dict, baseline: str = "reference") -> str:
                 r = row.get(b)
                 ok = hf and r and hf.get("ms") and r.get("ms")
                 cells.append(f"{hf['ms'] / r['ms']:.1f}x" if ok else "-")
+            for b in backends if has_cpu else ():
+                if b == "transformers":
+                    continue
+                r = row.get(b)
+                ok = hf and r and hf.get("cpu_ms") and r.get("cpu_ms")
+                cells.append(f"{hf['cpu_ms'] / r['cpu_ms']:.1f}x" if ok else "-")
+        if has_cpu:
+            gemm = [r["gemm_gflops"] for r in row.values() if r.get("gemm_gflops")]
+            cells.append(f"{statistics.mean(gemm):.0f}" if gemm else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -375,6 +423,7 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--num-random-blocks", type=int, default=3)
     p.add_argument("--reps", type=int)
+    p.add_argument("--threads", type=int, help="torch threads per CPU worker (default: torch's)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (CPU: 3 timed runs)")
     p.add_argument("--out-dir", type=Path, help="default benchmarks/results/<device slug>")
     p.add_argument("--name", default="attention")
@@ -390,7 +439,7 @@ def main(argv=None) -> int:
     result = run_attention_benchmark(device=args.device, backends=args.backends, seq_lens=seq_lens, dtypes=args.dtypes,
                                      passes=tuple(args.passes), batch=args.batch, heads=args.heads,
                                      head_dim=args.head_dim, block_size=args.block_size,
-                                     num_random_blocks=args.num_random_blocks, reps=reps)
+                                     num_random_blocks=args.num_random_blocks, reps=reps, threads=args.threads)
     print()
     print(summary_table(result))
     if not args.no_save:

@@ -1,24 +1,32 @@
 """Plain-PyTorch block-sparse attention over a :class:`BigBirdLayout`: the CPU fallback and the test oracle.
 
-Gather-based and vectorised: the key/value blocks listed for a chunk of query blocks are gathered into
-``(B, H, rows, width * block_size, D)`` tensors, one softmax runs over each row's concatenation (a block
-listed twice contributes twice), and global query blocks attend to the whole sequence. Memory is
-linear in ``S``: nothing of size ``S x S`` is built. Differentiable through autograd.
+Gather-based and vectorised. Each non-global query block reads its *distinct* key blocks once, with
+the additive bias ``log(count)`` for a block listed ``count`` times (``exp(s + log c) = c exp(s)``:
+the same softmax as listing it ``count`` times, at the cost of one copy). Scale, that bias and the
+key padding mask go into one ``baddbmm``; the softmax runs in place on the score buffer, which is
+reused across chunks of query blocks when no gradient is needed. Global query blocks attend to the
+whole sequence. Memory is linear in ``S``: nothing of size ``S x S`` is built. Differentiable through
+autograd.
+
+Padding never leaks: padded keys and values are replaced by 0 with a select (not a multiply, so NaN
+or Inf stored there cannot reach a real row), and padded query rows are selected to exactly 0.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 
 import torch
 
 from .layout import BigBirdLayout
 
-__all__ = ["block_sparse_attention_ref", "block_sparse_attention_probs", "dense_attention_ref"]
+__all__ = ["block_sparse_attention_ref", "block_sparse_attention_probs", "dense_attention_ref", "cpu_has_native_bf16"]
 
-# Elements of one chunk's score tensor; bounds peak memory without hurting batched-matmul efficiency.
-_CHUNK_SCORE_ELEMENTS = 1 << 22
-
+# Elements of one chunk's score tensor: small enough that the scores stay in cache between the
+# baddbmm that writes them, the softmax and the matmul that read them (measured on a 2-core Xeon).
+_CHUNK_SCORE_ELEMENTS = 1 << 19
 
 # Masked logits get this finite value instead of -inf, so that a row without any key stays finite
 # (uniform, then zeroed) in the forward and in autograd; exp() of it underflows to exactly 0.
@@ -55,12 +63,125 @@ def _masked_softmax_matmul(s: torch.Tensor, keep: torch.Tensor | None, v: torch.
     return out, lse
 
 
-def _compute_dtype(dtype: torch.dtype, device: torch.device, upcast: bool | None) -> torch.dtype:
-    if dtype in (torch.float16, torch.bfloat16):
-        # CPU half-precision matmuls are two orders of magnitude slower than fp32: always upcast there
-        if upcast or (upcast is None and device.type == "cpu"):
-            return torch.float32
-    return dtype
+def _read_native_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+_NATIVE_BF16 = _read_native_bf16()  # read once at import: torch.compile cannot trace file reads
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo).
+
+    There, bf16 matmuls run 2-7x faster than fp32 (measured on a Sapphire Rapids Xeon); elsewhere
+    they are emulated and slower, so the reference computes bf16 inputs in fp32.
+    """
+    return _NATIVE_BF16
+
+
+def _compute_dtypes(dtype: torch.dtype, device: torch.device, upcast: bool | None) -> tuple[torch.dtype, torch.dtype]:
+    """``(score dtype, value dtype)``: the precision of ``q @ k^T`` (and the softmax input) and of ``p @ v``.
+
+    bf16 stays bf16 on CUDA and on CPUs with native bf16, else fp32. fp16 scores are always fp32
+    (``|q . k|`` beyond 65504 would overflow to inf and give NaN); fp16 values stay fp16 on CUDA and
+    are fp32 on CPU, whose fp16 matmuls are slow. ``upcast`` True/False forces fp32/the input dtype.
+    """
+    if dtype == torch.bfloat16:
+        low = (device.type != "cpu" or cpu_has_native_bf16()) if upcast is None else not upcast
+        return (dtype, dtype) if low else (torch.float32, torch.float32)
+    if dtype == torch.float16:
+        low = device.type != "cpu" if upcast is None else not upcast
+        return torch.float32, (dtype if low else torch.float32)
+    return dtype, dtype
+
+
+def _distinct_key_blocks(layout: BigBirdLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's distinct key blocks and the log of how often the row lists each.
+
+    Returns ``blocks (H, num_blocks, Wd)`` int64 and ``log_count (H, num_blocks, Wd)`` fp64, where
+    ``Wd`` is the largest number of distinct blocks of a row; slots past a row's distinct blocks (and
+    rows of global blocks) hold block 0 with ``log_count = _MASKED``. Built once per layout (one host
+    read of ``Wd``) and cached on it. Under torch.compile, the rows as listed (each entry its own
+    slot, count 1): the same attention, without a data-dependent width in the graph.
+    """
+    H, nb, W = layout.kv_indices.shape
+    listed = torch.arange(W, device=layout.device) < layout.kv_num_blocks[..., None]  # (H, nb, W)
+    if torch.compiler.is_compiling():  # before the cache is read: no guard on it, no recompile when it fills
+        zero = torch.zeros((), dtype=torch.float64, device=layout.device)
+        return layout.kv_indices.long(), torch.where(listed, zero, _MASKED)
+    hit = layout._cache.get("reference_distinct_blocks")
+    if hit is not None:
+        return hit
+    with torch.inference_mode(False):  # the cached tensors must serve autograd later
+        ids = torch.where(listed, layout.kv_indices.long(), nb).sort(dim=-1).values  # unlisted (nb) last
+        first = torch.ones_like(listed)
+        first[..., 1:] = ids[..., 1:] != ids[..., :-1]
+        first &= ids < nb
+        Wd = max(int(first.sum(-1).max()), 1)
+        slot = torch.where(ids < nb, first.cumsum(-1) - 1, Wd)  # distinct slot of each entry; Wd: dropped
+        blocks = torch.zeros(H, nb, Wd + 1, dtype=torch.long, device=layout.device).scatter_(-1, slot, ids)
+        counts = torch.zeros(H, nb, Wd + 1, dtype=torch.float64, device=layout.device)
+        counts.scatter_add_(-1, slot, torch.ones(slot.shape, dtype=torch.float64, device=layout.device))
+        blocks, counts = blocks[..., :Wd].contiguous(), counts[..., :Wd]
+        log_count = torch.where(counts > 0, counts.log(), _MASKED)
+    layout._cache["reference_distinct_blocks"] = (blocks, log_count)
+    return blocks, log_count
+
+
+class _Scratch:
+    """Scratch tensors reused across chunks; ``None`` (allocate) when autograd must keep each chunk's."""
+
+    def __init__(self, reuse: bool, device: torch.device):
+        self.reuse, self.device, self.store = reuse, device, {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        if not self.reuse:
+            return None
+        n = math.prod(shape)
+        t = self.store.get((name, dtype))
+        if t is None or t.numel() < n:
+            t = self.store[(name, dtype)] = torch.empty(n, dtype=dtype, device=self.device)
+        return t[:n].view(shape)
+
+
+def _attend(q, k, v, bias, scale, need_lse, in_place, scratch, out=None):
+    """``softmax(scale * q @ k^T + bias) @ v`` for a batch of rows.
+
+    ``q (N, M, D)``, ``k (N, L, D)`` and ``bias (N, 1, L)`` in the score dtype, ``v (N, L, Dv)``.
+    Returns ``out (N, M, Dv)`` in ``v.dtype`` and ``lse (N, M)`` fp32/fp64 (or None). With
+    ``in_place`` the softmax overwrites the scores, which live in ``scratch``; ``out`` receives the result.
+    """
+    N, M, L = q.shape[0], q.shape[1], k.shape[1]
+    s = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale, out=scratch("s", (N, M, L), q.dtype))
+    lse = torch.logsumexp(s.to(torch.float64 if s.dtype == torch.float64 else torch.float32), dim=-1) if need_lse else None
+    # torch's softmax keeps its statistics in fp32 for bf16/fp16 inputs
+    p = torch.ops.aten._softmax.out(s, -1, False, out=s) if in_place else torch.softmax(s, dim=-1)
+    return torch.bmm(p.to(v.dtype), v, out=out), lse
+
+
+def _place(out, lse, pieces, a, o, m):
+    """Results ``o (N, R, bs, D)`` and ``m (N, R, bs)`` (or None) of query blocks ``a .. a + R - 1``: into
+    ``out (N, nb, bs, D)`` and ``lse``, or appended to ``pieces`` when ``out`` is None (autograd)."""
+    if out is None:
+        pieces.append((a, o, m))
+        return
+    out[:, a : a + o.shape[1]] = o
+    if m is not None:
+        lse[:, a : a + o.shape[1]] = m
+
+
+def _runs(num_blocks: int, global_blocks: tuple[int, ...], step: int) -> list[tuple[int, int]]:
+    """Ranges ``[a, b)`` of consecutive non-global blocks, each at most ``step`` blocks long."""
+    runs, a = [], 0
+    for g in (*global_blocks, num_blocks):
+        runs += [(c, min(c + step, g)) for c in range(a, g, step)]
+        a = g + 1
+    return runs
 
 
 def block_sparse_attention_ref(
@@ -81,77 +202,93 @@ def block_sparse_attention_ref(
         layout: the key blocks of each query block.
         attention_mask: ``(B, S)`` bool, True = real token, or None (no padding).
         scale: multiplies ``q @ k^T``; default ``1 / sqrt(D)``.
-        upcast: compute fp16/bf16 inputs in fp32 (default: on CPU only). ``False`` keeps the matmuls
-            in the input precision (softmax statistics are fp32 in every case).
+        upcast: compute fp16/bf16 inputs in fp32. Default: bf16 in bf16 on CUDA and on CPUs with
+            native bf16 (:func:`cpu_has_native_bf16`), else fp32; fp16 scores in fp32 everywhere,
+            ``p @ v`` in fp16 on CUDA, fp32 on CPU. ``False`` keeps the matmuls in the input
+            precision (fp16 scores stay fp32); softmax statistics are fp32 in every case.
         need_lse: compute ``lse`` (otherwise None is returned in its place).
 
     Returns:
-        ``out (B, H, S, D)`` in the dtype of ``q`` (rows of padded queries and rows without any real
-        key are 0) and ``lse (B, H, S)`` fp32 (fp64 for fp64 inputs), the log-sum-exp of each row's
-        scaled scores, ``-inf`` for padded queries and rows without a key.
+        ``out (B, H, S, D)`` in the dtype of ``q`` (rows of padded queries are exactly 0, whatever
+        ``q``, ``k`` and ``v`` hold at padded positions) and ``lse (B, H, S)`` fp32 (fp64 for fp64
+        inputs), the log-sum-exp of each row's scaled scores, ``-inf`` for padded queries.
     """
     B, H, S, D = q.shape
     bs, nb = layout.block_size, layout.num_blocks
+    N = B * H
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    cdt = _compute_dtype(q.dtype, q.device, upcast)
-    qc, kc, vc = (t.to(cdt) for t in (q, k, v))
-    stat_dtype = torch.float64 if cdt == torch.float64 else torch.float32
+    sdt, vdt = _compute_dtypes(q.dtype, q.device, upcast)
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    in_place = not grad and q.device.type == "cpu"
+    scratch = _Scratch(not grad, q.device)
 
-    qb = qc.reshape(B, H, nb, bs, D)
-    kb = kc.reshape(B, H, nb, bs, D)
-    vb = vc.reshape(B, H, nb, bs, D)
-    key_ok = None if attention_mask is None else attention_mask.reshape(B, nb, bs)
-
-    out_parts, lse_parts, rows_done = [], [], []
-
-    global_rows, other_rows = layout.global_rows, layout.other_rows
-
-    # global query blocks: a dense row over every key
-    if layout.global_blocks:
-        G = global_rows.numel()
-        qg = qb.index_select(2, global_rows).reshape(B, H, G * bs, D)  # (B, H, G*bs, D)
-        s = torch.matmul(qg, kc.transpose(-1, -2)) * scale  # (B, H, G*bs, S)
-        keep = None if attention_mask is None else attention_mask[:, None, None, :]
-        o, lse = _masked_softmax_matmul(s, keep, vc, need_lse)
-        out_parts.append(o.reshape(B, H, G, bs, D))
-        lse_parts.append(lse.reshape(B, H, G, bs) if need_lse else None)
-        rows_done.append(global_rows)
-
-    # non-global query blocks, in chunks of rows: gather the listed key/value blocks
-    W = layout.width
-    # rows per chunk from the per-example size only (not B: no recompiles per batch size under compile)
-    step = max(1, _CHUNK_SCORE_ELEMENTS // (H * bs * W * bs))
-    head = torch.arange(H, device=q.device)[:, None, None]
-    slot = torch.arange(W, device=q.device)
-    for c0 in range(0, other_rows.numel(), step):
-        r = other_rows[c0 : c0 + step]
-        R = r.numel()
-        idx = layout.kv_indices.index_select(1, r).long()  # (H, R, W)
-        valid = slot[None, None, :] < layout.kv_num_blocks.index_select(1, r)[..., None]  # (H, R, W)
-        kg = kb[:, head, idx].reshape(B, H, R, W * bs, D)  # (B, H, R, W*bs, D)
-        vg = vb[:, head, idx].reshape(B, H, R, W * bs, D)
-        s = torch.matmul(qb.index_select(2, r), kg.transpose(-1, -2)) * scale  # (B, H, R, bs, W*bs)
-        keep = valid[None, :, :, :, None].expand(B, H, R, W, bs)
-        if key_ok is not None:
-            keep = keep & key_ok[:, idx]  # key_ok[:, idx]: (B, H, R, W, bs)
-        keep = keep.reshape(B, H, R, 1, W * bs)
-        o, lse = _masked_softmax_matmul(s, keep, vg, need_lse)
-        out_parts.append(o)
-        lse_parts.append(lse)
-        rows_done.append(r)
-
-    order = torch.cat(rows_done)
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(nb, device=q.device)
-    out = torch.cat(out_parts, dim=2).index_select(2, inv).reshape(B, H, S, D)  # blocks back in order
-    lse = None
-    if need_lse:
-        lse = torch.cat(lse_parts, dim=2).index_select(2, inv).reshape(B, H, S).to(stat_dtype)  # (B, H, S)
+    if attention_mask is not None and q.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(attention_mask.all()):  # no padding (a free check on the CPU): skip the selects below
+            attention_mask = None
+    key_bias = torch.zeros(B, S, dtype=sdt, device=q.device)  # (B, S): 0, or _MASKED on padded keys
     if attention_mask is not None:
-        q_ok = attention_mask[:, None, :]  # (B, 1, S)
-        out = out * q_ok[..., None].to(out.dtype)
-        if lse is not None:
-            lse = lse.masked_fill(~q_ok, float("-inf"))
+        real = attention_mask[:, None, :, None]  # (B, 1, S, 1)
+        zero = torch.zeros((), dtype=q.dtype, device=q.device)  # a tensor: 3x faster than a Python 0 on CPU
+        # a select, not a multiply: NaN/Inf stored in padded keys or values cannot reach a real row
+        k, v = torch.where(real, k, zero), torch.where(real, v, zero)
+        if grad:  # padded query rows are discarded below, but their scores must be finite for autograd
+            q = torch.where(real, q, zero)
+        key_bias.masked_fill_(~attention_mask, _MASKED)
+    qb = q.to(sdt).reshape(N, nb, bs, D)
+    ks = k.to(sdt).contiguous().view(N, S, D)  # contiguous: key/value blocks are gathered as rows of (N * nb)
+    vs = v.to(vdt).contiguous().view(N, S, D)
+
+    stat_dtype = torch.float64 if sdt == torch.float64 else torch.float32
+    # each chunk's result goes straight to its place, or (under autograd) is kept and joined at the end
+    out = lse = None
+    if not grad:
+        out = torch.empty(N, nb, bs, D, dtype=vdt, device=q.device)
+        lse = torch.empty(N, nb, bs, dtype=stat_dtype, device=q.device) if need_lse else None
+    pieces = []
+    place = functools.partial(_place, out, lse, pieces)
+
+    # global query blocks: a dense row over every key, in chunks of heads
+    G = len(layout.global_blocks)
+    if G:
+        qg = qb.index_select(1, layout.global_rows).reshape(N, G * bs, D)
+        bias = key_bias[:, None, None, :].expand(B, H, 1, S).reshape(N, 1, S)
+        step = max(1, _CHUNK_SCORE_ELEMENTS // (G * bs * S))
+        parts = [_attend(qg[n0 : n0 + step], ks[n0 : n0 + step], vs[n0 : n0 + step], bias[n0 : n0 + step],
+                         scale, need_lse, in_place, scratch) for n0 in range(0, N, step)]
+        o = torch.cat([p[0] for p in parts]).view(N, G, bs, D)
+        m = torch.cat([p[1] for p in parts]).view(N, G, bs) if need_lse else None
+        for j, g in enumerate(layout.global_blocks):
+            place(g, o[:, j : j + 1], m[:, j : j + 1] if need_lse else None)
+
+    # non-global query blocks, in runs of consecutive blocks: gather each row's distinct key/value blocks
+    blocks, log_count = _distinct_key_blocks(layout)  # (H, nb, Wd)
+    Wd = blocks.shape[-1]
+    flat = (torch.arange(N, device=q.device).view(B, H, 1, 1) * nb + blocks).view(N, nb, Wd)  # rows of kblk/vblk
+    bias = log_count.to(sdt)[None, :, :, :, None] + key_bias.view(B, nb, bs)[:, blocks]  # (B, H, nb, Wd, bs)
+    bias = bias.view(N, nb, 1, Wd * bs)
+    kblk, vblk = ks.view(N * nb, bs, D), vs.view(N * nb, bs, D)
+    # rows per chunk from the per-example size only (not B: no recompiles per batch size under compile)
+    step = max(1, _CHUNK_SCORE_ELEMENTS // (H * bs * Wd * bs))
+    for a, b in _runs(nb, layout.global_blocks, step):
+        R = b - a
+        idx = flat[:, a:b].reshape(-1)
+        kg = torch.index_select(kblk, 0, idx, out=scratch("k", (N * R * Wd, bs, D), sdt)).view(N * R, Wd * bs, D)
+        vg = torch.index_select(vblk, 0, idx, out=scratch("v", (N * R * Wd, bs, D), vdt)).view(N * R, Wd * bs, D)
+        o, m = _attend(qb[:, a:b].reshape(N * R, bs, D), kg, vg, bias[:, a:b].reshape(N * R, 1, Wd * bs), scale,
+                       need_lse, in_place, scratch, out=scratch("o", (N * R, bs, D), vdt))
+        place(a, o.view(N, R, bs, D), m.view(N, R, bs) if need_lse else None)
+
+    if out is None:  # autograd kept every chunk: join them in block order
+        pieces.sort(key=lambda p: p[0])
+        out = torch.cat([p[1] for p in pieces], dim=1)
+        lse = torch.cat([p[2] for p in pieces], dim=1) if need_lse else None
+    out = out.view(B, H, S, D)
+    lse = lse.view(B, H, S) if need_lse else None
+    if attention_mask is not None:
+        pad = ~attention_mask[:, None, :]  # (B, 1, S)
+        out = out.masked_fill_(pad[..., None], 0) if in_place else out.masked_fill(pad[..., None], 0)
+        if need_lse:
+            lse = lse.masked_fill(pad, float("-inf"))
     return out.to(q.dtype), lse
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import bigbird_kernels.reference as reference
 from bigbird_kernels import block_sparse_attention_ref, hf_layout, make_layout, resample_layout
 from bigbird_kernels.reference import dense_attention_ref
 from bigbird_kernels.testing import make_padding_mask, make_qkv
@@ -115,18 +116,171 @@ def test_reference_row_without_any_key_is_zero_not_nan():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_reference_low_precision_on_cpu_upcasts(dtype):
+def test_reference_fp16_on_cpu_upcasts():
     B, H, L, bs, D = 2, 2, 256, 16, 16
     layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=2, num_heads=H, training=True)
-    q, k, v = make_qkv(B, H, L, D, dtype=dtype)
+    q, k, v = make_qkv(B, H, L, D, dtype=torch.float16)
     out, lse = block_sparse_attention_ref(q, k, v, layout)
-    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert out.dtype == torch.float16 and lse.dtype == torch.float32
     ref, _ = block_sparse_attention_ref(q.float(), k.float(), v.float(), layout)
-    # upcast on CPU: the only error is the final rounding to the low precision
-    assert (out.float() - ref).abs().max() <= (ref.abs().max() * torch.finfo(dtype).eps).item()
+    # upcast on CPU: the only error is the final rounding to fp16
+    assert (out.float() - ref).abs().max() <= (ref.abs().max() * torch.finfo(torch.float16).eps).item()
     low, _ = block_sparse_attention_ref(q, k, v, layout, upcast=False)
-    assert low.dtype == dtype
+    assert low.dtype == torch.float16
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_reference_bf16_on_cpu_computes_in_bf16_only_with_native_support(monkeypatch, native):
+    B, H, L, bs, D = 2, 2, 256, 16, 16
+    layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=2, num_heads=H, training=True)
+    mask = make_padding_mask(B, L, block_size=bs, kind="adversarial")
+    q, k, v = make_qkv(B, H, L, D, dtype=torch.bfloat16)
+    monkeypatch.setattr(reference, "cpu_has_native_bf16", lambda: native)
+    out, lse = block_sparse_attention_ref(q, k, v, layout, mask)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    same, _ = block_sparse_attention_ref(q, k, v, layout, mask, upcast=not native)
+    assert torch.equal(out, same)
+    oracle, _ = block_sparse_attention_ref(q.double(), k.double(), v.double(), layout, mask)
+    assert (out.double() - oracle).abs().max() <= 4 * oracle.abs().max() * torch.finfo(torch.bfloat16).eps
+
+
+def test_reference_native_bf16_detection_reads_cpu_flags():
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags |= set(line.split(":", 1)[1].split())
+    assert reference.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+@pytest.mark.parametrize("upcast", [False, None], ids=["fp16-matmuls", "default"])
+def test_reference_fp16_scores_beyond_fp16_range_do_not_overflow(upcast):
+    """q . k = 102400 > 65504 (fp16's largest) on the diagonal: the scores must be computed in fp32."""
+    B, H, L, bs, D = 2, 2, 128, 16, 64
+    layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=1, num_heads=H, training=True)
+    q = 40 * torch.randn(B, H, L, D).sign()
+    k = q.clone()
+    v = torch.randn(B, H, L, D)
+    mask = make_padding_mask(B, L, block_size=bs, kind="tail")
+    oracle, oracle_lse = block_sparse_attention_ref(q.double(), k.double(), v.double(), layout, mask)
+    out, lse = block_sparse_attention_ref(q.half(), k.half(), v.half(), layout, mask, upcast=upcast)
+    assert torch.isfinite(out).all() and torch.isfinite(lse[mask[:, None, :].expand_as(lse)]).all()
+    assert (out.double() - oracle).abs().max() <= 4 * torch.finfo(torch.float16).eps * oracle.abs().max()
+    real = mask[:, None, :].expand_as(lse)
+    torch.testing.assert_close(lse[real].double(), oracle_lse[real], atol=0, rtol=1e-6)
+
+
+def _plant(t, mask, value):
+    """``t`` with ``value`` at every padded position (mask False) of every head."""
+    return torch.where(mask[:, None, :, None], t, torch.full_like(t, value))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_nan_and_inf_in_padded_positions_never_reach_real_rows(name, dtype):
+    B, H, bs, D = 4, 3, 16, 32
+    L = 16 * 14
+    layout = LAYOUTS[name](H, L, bs)
+    mask = make_padding_mask(B, L, block_size=bs, kind="adversarial")
+    clean = make_qkv(B, H, L, D, dtype=dtype)
+    out, lse = block_sparse_attention_ref(*clean, layout, mask)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad = [_plant(t, mask, value) for t in clean]
+        out_bad, lse_bad = block_sparse_attention_ref(*bad, layout, mask)
+        assert torch.equal(out_bad, out) and torch.equal(lse_bad, lse)
+    assert (out.transpose(1, 2)[~mask] == 0).all()
+
+
+def test_gradients_stay_finite_with_nan_in_padded_positions():
+    B, H, L, bs, D = 4, 2, 16 * 10, 16, 8
+    layout = hf_layout(layer_idx=1, seq_len=L, block_size=bs, num_random_blocks=2, num_heads=H, training=True)
+    mask = make_padding_mask(B, L, block_size=bs, kind="adversarial")
+    g = torch.randn(B, H, L, D, dtype=torch.float64)
+    clean = make_qkv(B, H, L, D, dtype=torch.float64)
+    grads = []
+    for value in (0.0, float("nan")):
+        qkv = [_plant(t, mask, value).requires_grad_() for t in clean]
+        out, _ = block_sparse_attention_ref(*qkv, layout, mask)
+        grads.append(torch.autograd.grad((out * g).sum(), qkv))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b) and torch.isfinite(b).all()
+        assert (a.transpose(1, 2)[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_distinct_key_blocks_count_every_listed_block(name):
+    H, L, bs = 3, 16 * 14, 16
+    layout = LAYOUTS[name](H, L, bs)
+    blocks, log_count = reference._distinct_key_blocks(layout)
+    counts = torch.where(log_count > reference._MASKED, log_count.exp().round(), 0).to(torch.int32)
+    dense = torch.zeros(H, layout.num_blocks, layout.num_blocks, dtype=torch.int32).scatter_add_(2, blocks, counts)
+    other = ~layout.is_global
+    assert torch.equal(dense[:, other], layout.to_dense()[:, other])
+    # each distinct block once per row
+    listed = counts > 0
+    assert all(len(set(blocks[h, i][listed[h, i]].tolist())) == int(listed[h, i].sum())
+               for h in range(H) for i in range(layout.num_blocks))
+
+
+def test_eval_hf_layout_reads_block_zero_once():
+    """Eval-mode HF layouts list block 0 four times (global + three zero random blocks): read once, bias log 4."""
+    layout = hf_layout(layer_idx=0, seq_len=64 * 16, block_size=64, num_random_blocks=3, num_heads=2, training=False)
+    blocks, log_count = reference._distinct_key_blocks(layout)
+    assert blocks.shape[-1] == 5 < layout.width
+    row = 7
+    assert blocks[0, row].tolist() == [0, 6, 7, 8, 15]
+    torch.testing.assert_close(log_count[0, row], torch.tensor([4.0, 1, 1, 1, 1], dtype=torch.float64).log())
+
+
+def test_reference_takes_any_strides():
+    """Inputs laid out (B, S, H, D) and transposed, as the model passes them: the same result."""
+    B, H, L, bs, D = 2, 3, 16 * 12, 16, 8
+    layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=2, num_heads=H, training=True)
+    mask = make_padding_mask(B, L, block_size=bs, kind="tail")
+    q, k, v = make_qkv(B, H, L, D)
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    assert not strided[0].is_contiguous()
+    out, lse = block_sparse_attention_ref(q, k, v, layout, mask)
+    out_s, lse_s = block_sparse_attention_ref(*strided, layout, mask)
+    assert torch.equal(out, out_s) and torch.equal(lse, lse_s)
+
+
+def test_reference_all_true_mask_equals_no_mask():
+    """An all-True mask takes the no-padding path on CPU (no selects): the same result, NaN-free lse."""
+    B, H, L, bs, D = 2, 3, 16 * 12, 16, 8
+    layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=2, num_heads=H, training=True)
+    q, k, v = make_qkv(B, H, L, D)
+    out, lse = block_sparse_attention_ref(q, k, v, layout, torch.ones(B, L, dtype=torch.bool))
+    out_n, lse_n = block_sparse_attention_ref(q, k, v, layout)
+    assert torch.equal(out, out_n) and torch.equal(lse, lse_n)
+
+
+def test_reference_without_grad_equals_reference_with_grad():
+    """The in-place path (reused buffers, softmax in place) computes what the autograd path computes."""
+    B, H, L, bs, D = 2, 3, 64 * 9, 64, 16
+    layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=3, num_heads=H, training=False)
+    mask = make_padding_mask(B, L, block_size=bs, kind="adversarial")
+    q, k, v = make_qkv(B, H, L, D, requires_grad=True)
+    with torch.no_grad():
+        out, lse = block_sparse_attention_ref(q, k, v, layout, mask)
+    out_g, lse_g = block_sparse_attention_ref(q, k, v, layout, mask)
+    assert out_g.requires_grad
+    assert torch.equal(out, out_g.detach()) and torch.equal(lse, lse_g.detach())
+
+
+def test_reference_compiled_matches_eager():
+    """Under torch.compile the rows are read as listed (no distinct-block table): the same attention."""
+    B, H, L, bs, D = 2, 2, 16 * 12, 16, 8
+    layout = hf_layout(layer_idx=0, seq_len=L, block_size=bs, num_random_blocks=3, num_heads=H, training=False)
+    layout._cache.pop("reference_distinct_blocks", None)
+    q, k, v = make_qkv(B, H, L, D, dtype=torch.float64)
+    mask = make_padding_mask(B, L, block_size=bs, kind="holes")
+    f = torch.compile(lambda q, k, v: block_sparse_attention_ref(q, k, v, layout, mask), fullgraph=True, backend="eager")
+    out_c, lse_c = f(q, k, v)
+    assert "reference_distinct_blocks" not in layout._cache
+    out, lse = block_sparse_attention_ref(q, k, v, layout, mask)
+    torch.testing.assert_close(out_c, out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lse_c, lse, atol=1e-12, rtol=0)
 
 
 def test_reference_memory_is_linear_in_sequence_length():
