@@ -28,7 +28,9 @@ import torch
 import torch.fx.experimental._config  # backed_size_oblivious (see export_program)
 from torch import nn
 
-__all__ = ["INPUT_NAMES", "export_program", "export_onnx", "length_range", "output_names"]
+from .atomic import write_files_atomically
+
+__all__ = ["INPUT_NAMES", "export_program", "export_onnx", "length_range", "load_for_export", "output_names"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -134,33 +136,51 @@ def export_program(model: nn.Module) -> torch.export.ExportedProgram:
                                    dynamic_shapes=_dynamic_shapes(c, _multiple_choice(model)))
 
 
-def _load(model_or_dir) -> nn.Module:
-    if isinstance(model_or_dir, nn.Module):
-        return model_or_dir
-    if not isinstance(model_or_dir, (str, os.PathLike)):
-        raise TypeError(f"model_or_dir must be a model or a checkpoint directory, got {type(model_or_dir).__name__}")
-    from .auto import AutoModel
+def load_for_export(name_or_path, *, head: str | None = None, **kwargs) -> nn.Module:
+    """The checkpoint ``name_or_path`` (a folder or hub id) as the head its ``config.json`` names in
+    ``architectures`` (or ``head``, a class name such as ``"BigBirdForMaskedLM"``; default
+    ``BigBirdModel``), in eval; ``kwargs`` go to ``from_pretrained``."""
+    import bigbird
 
-    return AutoModel.from_pretrained(str(model_or_dir), layout_mode="hf", attention_backend="reference").eval()
+    from .auto import AutoConfig
+    from .modeling import BigBirdPreTrainedModel
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"expected a model or a checkpoint folder / hub id, got {type(name_or_path).__name__}")
+    if head is None:
+        architectures = AutoConfig.from_pretrained(str(name_or_path), **kwargs).architectures or ["BigBirdModel"]
+        head = architectures[0]
+    cls = getattr(bigbird, str(head), None)
+    if not (isinstance(cls, type) and issubclass(cls, BigBirdPreTrainedModel)):
+        raise ValueError(f"head {head!r} is not a bigbird model class (e.g. BigBirdModel, BigBirdForMaskedLM)")
+    return cls.from_pretrained(str(name_or_path), **kwargs).eval()
 
 
-def export_onnx(model_or_dir, path, *, opset_version: int | None = None) -> Path:
-    """Write ``model_or_dir`` (a model, or a checkpoint directory loaded with its head) to the ONNX file
-    ``path`` with the dynamo exporter; dynamic batch and length on every input. Returns the path.
+def export_onnx(model_or_dir, path, *, head: str | None = None, opset_version: int | None = None) -> Path:
+    """Write ``model_or_dir`` to the ONNX file ``path`` with the dynamo exporter (``torch.onnx.export``
+    of :func:`export_program`'s program): one file for every batch size and every length in
+    :func:`length_range`. Returns the path.
 
-    Needs ``pip install 'bigbird-kernels[onnx]'`` (onnx, onnxscript); run the file with ONNX Runtime,
-    feeding ``input_ids``, ``attention_mask`` and ``token_type_ids`` as int64 ``(batch, length)``.
+    Args:
+        model_or_dir: a model (in eval, ``layout_mode="hf"``), or a checkpoint folder / hub id, loaded
+            by :func:`load_for_export` with ``head``.
+        path: the ``.onnx`` file, written atomically (a failed export leaves an old file untouched).
+        opset_version: ONNX opset (default: the exporter's).
+
+    The file's inputs are ``input_ids``, ``attention_mask`` and ``token_type_ids``, int64
+    ``(batch, length)``; its outputs are named by :func:`output_names`. Needs
+    ``pip install 'bigbird-kernels[onnx]'`` (onnx, onnxscript; onnxruntime to run the file).
     """
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as e:
         raise ImportError("export_onnx needs onnx and onnxscript: pip install 'bigbird-kernels[onnx]'") from e
-    model = _load(model_or_dir)
+    model = model_or_dir if isinstance(model_or_dir, nn.Module) else load_for_export(model_or_dir, head=head)
     names = output_names(model)
     program = export_program(model)
-    path = Path(path)
     kwargs = {} if opset_version is None else dict(opset_version=opset_version)
     onnx_program = torch.onnx.export(program, (), dynamo=True, input_names=list(INPUT_NAMES),
                                      output_names=names, verbose=False, **kwargs)
-    onnx_program.save(str(path))
+    path = Path(path)
+    write_files_atomically(path.parent, {path.name: lambda tmp: onnx_program.save(str(tmp), external_data=False)})
     return path

@@ -119,3 +119,15 @@ def test_question_answering_finds_the_question_inside_the_graph():
         want = model(input_ids=ids, attention_mask=mask, token_type_ids=types).start_logits
         got = program(ids, mask, types)[0]
     assert (got - want).abs().max().item() <= TOL
+
+
+def test_onnx_extra_is_declared_and_installed_by_the_test_extra():
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    onnx = {Requirement(r).name for r in extras["onnx"]}
+    assert onnx == {"onnx", "onnxscript", "onnxruntime"}
+    assert onnx <= {Requirement(r).name for r in extras["test"]}  # CI runs tests/test_onnx.py
