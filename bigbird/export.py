@@ -55,14 +55,10 @@ def _config(model: nn.Module):
 
 
 def _check_model(model: nn.Module) -> None:
+    from .modeling import _check_exportable
+
     c = _config(model)
-    if model.training or c.layout_mode != "hf":
-        mode = f"layout_mode={c.layout_mode!r}" + (" in training" if model.training else "")
-        raise ValueError(
-            f"cannot export {type(model).__name__} with {mode}: only layout_mode='hf' in eval has a layout that "
-            "depends on the length alone ('seeded' draws fixed random blocks per length, 'resample' draws on "
-            "every call); call model.eval() and set model.config.layout_mode='hf'"
-        )
+    _check_exportable(c, model.training, output_attentions=False)
     if c.attention_type != "block_sparse":
         raise ValueError(f"export supports attention_type='block_sparse', got {c.attention_type!r}")
     from .heads import BigBirdForCausalLM

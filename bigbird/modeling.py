@@ -19,7 +19,9 @@ What one forward does (``hf_bigbird_behaviour.md`` sections 1, 3, 4):
   token, as Hugging Face does) and un-pad ``last_hidden_state``, ``hidden_states`` and
   ``attentions`` (Hugging Face un-pads only the first).
 * **Layouts.** Layer ``i`` reads ``bigbird_kernels.get_layout(config.layout_mode, layer_idx=i, ...)``
-  for the padded length and ``self.training``; ``"hf"`` reproduces Hugging Face bit for bit.
+  for the padded length and ``self.training``; ``"hf"`` reproduces Hugging Face bit for bit. Under
+  ``torch.export`` (:mod:`bigbird.export`) the ``"hf"`` eval layout is computed in the graph from the
+  symbolic length (:mod:`bigbird_kernels.exportable`); other modes are refused by name.
 * **Decoder.** Causal calls take and return a key/value cache (``past_key_values``, ``use_cache``;
   :mod:`bigbird.kv_cache`); default position ids continue from the cached length. With
   ``add_cross_attention`` (and ``is_decoder``) every layer has a ``crossattention`` block over

@@ -131,3 +131,10 @@ def test_onnx_extra_is_declared_and_installed_by_the_test_extra():
     onnx = {Requirement(r).name for r in extras["onnx"]}
     assert onnx == {"onnx", "onnxscript", "onnxruntime"}
     assert onnx <= {Requirement(r).name for r in extras["test"]}  # CI runs tests/test_onnx.py
+
+
+def test_torch_export_of_the_model_itself_refuses_a_seeded_layout():
+    model = _model("BigBirdModel", layout_mode="seeded")
+    ids, mask, types = _inputs("BigBirdModel", 2, 80)
+    with pytest.raises(ValueError, match="cannot export block-sparse attention with layout_mode='seeded'"):
+        torch.export.export(model, (ids, mask, types))
