@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     import transformers
 
     import bigbird
+    from bigbird.benchmark import _device_name
     from bigbird.export import export_onnx
 
     transformers.logging.set_verbosity_error()
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
 
     result = dict(
         meta=dict(
-            device=platform.processor() or platform.machine(), cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
+            device=_device_name("cpu"), cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
             torch=torch.__version__, transformers=transformers.__version__, onnxruntime=ort.__version__,
             python=platform.python_version(), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             model=f"BigBirdModel, random init, transformers BigBirdConfig base (hidden 768, 12 heads, block 64, r 3), "

@@ -8,8 +8,9 @@ program serves every length; :class:`~bigbird_kernels.layout.BigBirdLayout`, who
 ints and tuples, cannot.
 
 Same results as :func:`bigbird_kernels.block_sparse_attention` on the layout
-``get_layout("hf", training=False, ...)`` (a block listed ``c`` times is ``c`` gathered copies here,
-``log c`` of bias in the reference; equal up to rounding). Memory is linear in the length.
+``get_layout("hf", training=False, ...)`` up to rounding: as in the reference, each distinct key block
+is gathered once, with the bias ``log c`` when the layout lists it ``c`` times. Memory is linear in the
+length.
 """
 
 from __future__ import annotations
@@ -68,26 +69,31 @@ def hf_eval_block_sparse_attention(
         key_bias = key_bias.masked_fill(~attention_mask[:, None, :], _MASKED)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
 
-    # non-global rows: key slots (global blocks, window offsets, r copies of block 0), (nb, W)
+    # non-global rows: key slots (global blocks, window offsets, block 0 for the random slots), (nb, W)
     blk = torch.arange(nb, device=q.device)
     is_global = torch.zeros(nb, dtype=torch.bool, device=q.device)
     for g in gids:
         is_global = is_global | (blk == g)
-    ids, valid = [], []
-    for g in gids:
-        ids.append(torch.full_like(blk, g))
-        valid.append(torch.ones_like(is_global))
+    # The r copies of block 0 are one slot of bias log(r) (exp(s + log r) = r exp(s)), or log(1 + r)
+    # more on block 0's global slot when block 0 is global: each distinct block is gathered once.
+    zero_slot = next((i for i, g in enumerate(gids) if type(g) is int and g == 0), None)  # a SymInt is never 0
+    ids = [torch.full_like(blk, g) for g in gids]
+    valid = [torch.ones_like(is_global) for _ in gids]
+    log_count = [math.log(1 + r) if i == zero_slot else 0.0 for i in range(len(gids))]
     for o in range(-half, half + 1):
         j = blk + o
         inside = (j >= 0) & (j < nb)
         ids.append(j.clamp(0, nb - 1))
         valid.append(inside & ~is_global[j.clamp(0, nb - 1)])
-    for _ in range(r):
+        log_count.append(0.0)
+    if r and zero_slot is None:
         ids.append(torch.zeros_like(blk))
         valid.append(torch.ones_like(is_global))
+        log_count.append(math.log(r))
     idx = torch.stack(ids, dim=1)  # (nb, W)
     W = idx.shape[1]
-    slot_bias = torch.where(torch.stack(valid, dim=1), 0.0, _MASKED).to(dt)  # (nb, W)
+    counts = torch.tensor(log_count, dtype=dt, device=q.device)
+    slot_bias = torch.where(torch.stack(valid, dim=1), counts, _MASKED)  # (nb, W)
     bias = slot_bias[None, None, :, :, None] + key_bias.view(B, 1, nb, bs)[:, :, idx]  # (B, 1, nb, W, bs)
     bias = bias.reshape(B, 1, nb, 1, W * bs)
     kg = k.view(B, H, nb, bs, D)[:, :, idx].reshape(B, H, nb, W * bs, D)
