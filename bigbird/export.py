@@ -58,7 +58,9 @@ def _check_model(model: nn.Module) -> None:
     from .modeling import _check_exportable
 
     c = _config(model)
-    _check_exportable(c, model.training, output_attentions=False)
+    _check_exportable(c, model.training, output_attentions=c.output_attentions)
+    if c.output_hidden_states:
+        raise ValueError("cannot export with config.output_hidden_states=True (one output per field); set it to False")
     if c.attention_type != "block_sparse":
         raise ValueError(f"export supports attention_type='block_sparse', got {c.attention_type!r}")
     from .heads import BigBirdForCausalLM
@@ -106,7 +108,8 @@ def _dynamic_shapes(config, multiple_choice: bool):
 
 
 def _example_for(model: nn.Module, batch: int = 2):
-    return _example(_config(model), batch, 2 if _multiple_choice(model) else None)
+    device = next(model.parameters()).device
+    return tuple(t.to(device) for t in _example(_config(model), batch, 2 if _multiple_choice(model) else None))
 
 
 def output_names(model: nn.Module) -> list[str]:

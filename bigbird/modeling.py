@@ -775,8 +775,9 @@ class BigBirdModel(BigBirdPreTrainedModel):
         if self.pooler is not None and compute_pooler:
             pooled = torch.tanh(self.pooler(seq[:, 0]))
         if exporting:  # a symbolic crop: a slice would guard on n <= L, which export cannot prove
-            seq = seq.index_select(1, torch.arange(n, device=device))
-            all_hidden = None if all_hidden is None else [h.index_select(1, torch.arange(n, device=device)) for h in all_hidden]
+            keep = torch.arange(n, device=device)
+            seq = seq.index_select(1, keep)
+            all_hidden = None if all_hidden is None else [h.index_select(1, keep) for h in all_hidden]
         elif pad:
             seq = seq[:, :n]
             if all_hidden is not None:

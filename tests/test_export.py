@@ -88,6 +88,10 @@ def test_training_mode_and_decoders_are_refused():
         export_program(_model("BigBirdForCausalLM"))
     with pytest.raises(TypeError, match="bigbird"):
         export_program(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="output_attentions=True"):
+        export_program(_model("BigBirdModel", output_attentions=True))
+    with pytest.raises(ValueError, match="output_hidden_states=True"):
+        export_program(_model("BigBirdModel", output_hidden_states=True))
 
 
 @pytest.mark.parametrize("seed", range(3))
