@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate_parser(sub, _Formatter)
 
+    from .cli_export import add_export_parser  # `bigbird export onnx`
+
+    add_export_parser(sub, _Formatter)
+
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks of the attention op and the model.",
                            formatter_class=_Formatter)
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
@@ -360,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help, --version, usage errors
             return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-        where = " ".join([PROG, args.command] + ([args.bench_command] if args.command == "bench" else []))
+        where = " ".join([PROG, args.command] + ([args.bench_command] if args.command == "bench" else [])
+                         + ([args.export_target] if args.command == "export" else []))
         return args.func(args)
     except KeyboardInterrupt as e:
         print(f"{where}: interrupted" + "".join(f"; {n}" for n in getattr(e, "__notes__", ())), file=sys.stderr)

@@ -19,7 +19,9 @@ What one forward does (as ``transformers``' ``modeling_big_bird.py`` computes it
   token, as Hugging Face does) and un-pad ``last_hidden_state``, ``hidden_states`` and
   ``attentions`` (Hugging Face un-pads only the first).
 * **Layouts.** Layer ``i`` reads ``bigbird_kernels.get_layout(config.layout_mode, layer_idx=i, ...)``
-  for the padded length and ``self.training``; ``"hf"`` reproduces Hugging Face bit for bit.
+  for the padded length and ``self.training``; ``"hf"`` reproduces Hugging Face bit for bit. Under
+  ``torch.export`` (:mod:`bigbird.export`) the ``"hf"`` eval layout is computed in the graph from the
+  symbolic length (:mod:`bigbird_kernels.exportable`); other modes are refused by name.
 * **Decoder.** Causal calls take and return a key/value cache (``past_key_values``, ``use_cache``;
   :mod:`bigbird.kv_cache`); default position ids continue from the cached length. With
   ``add_cross_attention`` (and ``is_decoder``) every layer has a ``crossattention`` block over
@@ -41,6 +43,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bigbird_kernels import BigBirdLayout, block_sparse_attention, block_sparse_attention_probs, get_layout
+from bigbird_kernels.exportable import hf_eval_block_sparse_attention
 
 from .config import BigBirdConfig
 from .kv_cache import PastKeyValues, read_past, write_past
@@ -197,6 +200,9 @@ class BigBirdSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, self.all_head_size, bias=config.use_bias)
         self.value = nn.Linear(config.hidden_size, self.all_head_size, bias=config.use_bias)
         self.attention_probs_dropout_prob = config.attention_probs_dropout_prob
+        # the hf eval layout's parameters, for torch.export (which computes the layout in the graph)
+        self._layout_args = dict(block_size=config.block_size, num_random_blocks=config.num_random_blocks,
+                                 window=config.window_blocks, global_blocks=config.global_blocks)
 
     def _heads(self, x):
         """``(B, S, hidden)`` -> ``(B, H, S, head_size)``."""
@@ -223,7 +229,11 @@ class BigBirdSelfAttention(nn.Module):
         probs = None
         if plan.sparse:
             scale = 1.0 / math.sqrt(self.attention_head_size)
-            ctx = block_sparse_attention(q, k, v, layout, attention_mask=plan.key_mask, scale=scale, backend=plan.backend)
+            if layout is None:  # torch.export: the hf eval layout from the symbolic length (bigbird.export)
+                ctx = hf_eval_block_sparse_attention(q, k, v, plan.key_mask, scale=scale, **self._layout_args)
+            else:
+                ctx = block_sparse_attention(q, k, v, layout, attention_mask=plan.key_mask, scale=scale,
+                                             backend=plan.backend)
             if plan.output_attentions:
                 # true probabilities at the unpadded length (duplicated blocks summed)
                 probs = block_sparse_attention_probs(q, k, layout, plan.key_mask, scale)[:, :, : plan.n, : plan.n]
@@ -708,8 +718,10 @@ class BigBirdModel(BigBirdPreTrainedModel):
         if attention_mask is not None:
             attention_mask = attention_mask != 0
         sparse = c.attention_type == "block_sparse" and not causal and n > c.short_input_threshold
-        pad = (-n) % c.block_size if sparse else 0
-        L = n + pad
+        # torch.export: the length is symbolic; pad unconditionally (by a symbolic amount, maybe 0)
+        exporting = sparse and torch.compiler.is_exporting()
+        L = (n + c.block_size - 1) // c.block_size * c.block_size if sparse else n
+        pad = L - n
         if T + L > c.max_position_embeddings:
             raise ValueError(
                 f"sequence length {n}" + (f" (padded to {L}, a multiple of block_size {c.block_size})" if pad else "")
@@ -719,7 +731,7 @@ class BigBirdModel(BigBirdPreTrainedModel):
         if position_ids is None and T:
             position_ids = torch.arange(T, T + n, device=device)[None, :]
 
-        if pad:
+        if exporting or pad:
             # right-pad to a block multiple exactly as transformers' _pad_to_block_size does
             if input_ids is not None:
                 input_ids = F.pad(input_ids, (0, pad), value=c.pad_token_id)
@@ -743,7 +755,10 @@ class BigBirdModel(BigBirdPreTrainedModel):
         layouts = None
         if sparse:
             plan = _AttentionPlan(True, attention_mask, None, False, output_attentions, n, c.attention_backend, cross_mask)
-            layouts = self.layouts_for(L, device)
+            if exporting:
+                _check_exportable(c, self.training, output_attentions)
+            else:
+                layouts = self.layouts_for(L, device)
         else:
             keep = None if attention_mask is None else attention_mask[:, None, None, :]  # (B, 1, 1, T + n)
             if causal and (keep is not None or output_attentions or T):
@@ -759,7 +774,11 @@ class BigBirdModel(BigBirdPreTrainedModel):
         pooled = None
         if self.pooler is not None and compute_pooler:
             pooled = torch.tanh(self.pooler(seq[:, 0]))
-        if pad:
+        if exporting:  # a symbolic crop: a slice would guard on n <= L, which export cannot prove
+            keep = torch.arange(n, device=device)
+            seq = seq.index_select(1, keep)
+            all_hidden = None if all_hidden is None else [h.index_select(1, keep) for h in all_hidden]
+        elif pad:
             seq = seq[:, :n]
             if all_hidden is not None:
                 all_hidden = [h[:, :n] for h in all_hidden]
@@ -772,6 +791,19 @@ class BigBirdModel(BigBirdPreTrainedModel):
             cross_attentions=tuple(all_cross) if cross and all_cross is not None else None,
         )
         return out.to_tuple() if return_dict is False else out
+
+
+def _check_exportable(c: BigBirdConfig, training: bool, output_attentions: bool) -> None:
+    """torch.export traces block-sparse attention only for layouts computable from the symbolic length."""
+    if c.layout_mode != "hf" or training:
+        mode = f"layout_mode={c.layout_mode!r}" + (" in training" if training else "")
+        raise ValueError(
+            f"cannot export block-sparse attention with {mode}: only layout_mode='hf' in eval has a layout that "
+            "depends on the length alone ('seeded' draws fixed random blocks per length, 'resample' draws on "
+            "every call, and so does 'hf' in training); call model.eval() and set config.layout_mode='hf'"
+        )
+    if output_attentions:
+        raise ValueError("cannot export block-sparse attention with output_attentions=True")
 
 
 def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -846,7 +878,7 @@ def _check_inputs(c: BigBirdConfig, input_ids, inputs_embeds, attention_mask, to
         ("token_type_ids", token_type_ids, c.type_vocab_size),
         ("position_ids", position_ids, c.max_position_embeddings),
     ) if t is not None]
-    if not ranged:
+    if not ranged or torch.compiler.is_exporting():  # an exported graph cannot raise: no value checks
         return B, n, device
     bounds = torch.stack([
         torch.stack([t.min(), t.max()]).to(device=device, dtype=torch.long) for _, t, _ in ranged
