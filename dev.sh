@@ -28,7 +28,8 @@ case "$cmd" in
   setup) setup ;;
   test)
     setup
-    exec "$VENV/bin/python" -m pytest -q "$@"
+    # one worker per core (pytest-xdist, from the test extra): the suite is CPU-bound
+    exec "$VENV/bin/python" -m pytest -q -n auto "$@"
     ;;
   bench)
     setup
