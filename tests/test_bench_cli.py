@@ -131,3 +131,76 @@ def test_png_has_plain_ticks_titles_caption_and_error_bars():
     caption = " ".join(t.get_text() for t in fig.texts)
     for part in ("B=2", "H=12", "D=64", "block=64", "r=3", "dtype=bfloat16", "device=cpu", "reps=7"):
         assert part in caption, part
+
+
+# ------------------------------------------------------------------------------------------------
+# `bigbird info`: what each backend takes, from the backends' own capability records
+# ------------------------------------------------------------------------------------------------
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _refuses(name: str, what: str, **inputs) -> bool:
+    """Whether backend ``name`` gives a reason about ``what`` ("dtype", "head", "block") for these inputs."""
+    import torch
+
+    from bigbird_kernels.dispatch import AttentionInputs, not_supported_reasons
+
+    fields = dict(device=torch.device("cuda"), dtype=torch.bfloat16, batch=1, num_heads=2, seq_len=1024, head_dim=64,
+                  block_size=64, num_random_blocks=3, requires_grad=False, has_mask=False, deterministic=False)
+    fields.update(inputs)
+    return any(r.startswith((f"{what} ", f"{what}_")) for r in not_supported_reasons(name, AttentionInputs(**fields)))
+
+
+def test_info_capabilities_are_what_the_backends_check():
+    import torch
+
+    from bigbird_kernels.info import capability_rows
+
+    rows = capability_rows()
+    assert [r[0] for r in rows] == ["cuda", "triton", "reference", "sdpa", "flex"]
+    for name, dtypes, head_dims, block_sizes in rows:
+        listed = dtypes.split(", ")
+        for dtype in DTYPES:
+            assert _refuses(name, "dtype", dtype=getattr(torch, dtype)) == (dtype not in listed), (name, dtype)
+        for what, column, field in (("head", head_dims, "head_dim"), ("block", block_sizes, "block_size")):
+            if column == "any":
+                assert not any(_refuses(name, what, **{field: n}) for n in (16, 24, 64, 96, 128)), name
+            elif column[0].isdigit():
+                sizes = [int(n) for n in column.split(", ")]
+                for n in (8, 16, 24, 32, 64, 96, 128, 256):
+                    assert _refuses(name, what, **{field: n}) == (n not in sizes), (name, what, n)
+
+
+def test_bigbird_info_prints_the_capability_table(capsys):
+    from bigbird_kernels.info import capability_table
+
+    code, out, err = run_cli(capsys, "info")
+    assert code == 0, err
+    assert capability_table() in out
+
+
+def _markdown_table_under(text: str, heading: str) -> list[list[str]] | None:
+    """The rows (cells stripped, separator row dropped) of the first Markdown table after ``heading``."""
+    lines = text.splitlines()
+    if heading not in lines:
+        return None
+    rows = []
+    for line in lines[lines.index(heading) + 1:]:
+        if line.startswith("|"):
+            cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+        elif rows or line.startswith("#"):
+            break
+    return rows
+
+
+def test_readme_backends_table_matches_info():
+    from bigbird_kernels.info import capability_rows
+
+    rows = _markdown_table_under((REPO / "README.md").read_text(), "### Backends")
+    if rows is None:
+        pytest.skip('README.md has no "### Backends" heading yet')
+    assert rows[0] == ["backend", "dtypes", "head dims", "block sizes"]
+    assert rows[1:] == [list(r) for r in capability_rows()]
