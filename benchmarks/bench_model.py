@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Whole-model benchmark: ours vs transformers' BigBirdModel (see bigbird/benchmark.py for options).
+"""Whole-model benchmark: ours vs transformers' BigBirdModel (the options of `bigbird bench model`).
 
-    python benchmarks/bench_model.py                                   # CPU, fp32, B=1, 4096 tokens
-    python benchmarks/bench_model.py --device cuda --dtype bf16 --batch 8
+    python benchmarks/bench_model.py                                   # CPU, float32, B=1, 4096 tokens
+    python benchmarks/bench_model.py --device cuda --dtypes bfloat16 --batch 8
 """
 
 import sys

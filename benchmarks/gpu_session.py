@@ -296,13 +296,13 @@ def phase_model(out: Path, dry_run: bool, deadline: float) -> dict:
                     reason="transformers not installed (the benchmark builds its random base weights with it)")
     work = Path(tempfile.mkdtemp(prefix="model_"))
     if dry_run:
-        args = ["--device", "cpu", "--dtype", "fp32", "--batch", "1", "--seq-len", "1024", "--layers", "1",
+        args = ["--device", "cpu", "--dtypes", "float32", "--batch", "1", "--seq-lens", "1024", "--layers", "1",
                 "--reps", "1", "--warmup", "0", "--backends", "ours"]
     else:
-        args = ["--device", "cuda", "--dtype", "bf16", "--batch", "8", "--seq-len", "4096", "--reps", "5",
-                "--backends", "ours,transformers,transformers-patched"]
+        args = ["--device", "cuda", "--dtypes", "bfloat16", "--batch", "8", "--seq-lens", "4096", "--reps", "5",
+                "--backends", "ours", "transformers", "transformers-patched"]
     result_path = work / "model.json"
-    cmd = [sys.executable, "benchmarks/bench_model.py", *args, "--out", result_path]
+    cmd = [sys.executable, "benchmarks/bench_model.py", *args, "--out-dir", work, "--name", "model"]
     rc, secs = _run(cmd, work / "model.log", _time_left(deadline))
     sys.stdout.write((work / "model.log").read_text())
     if rc == 0 and result_path.exists():

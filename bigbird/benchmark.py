@@ -10,18 +10,18 @@ prints a table and writes JSON::
      "records": [{"backend": "ours"|"transformers", "pass": "fwd", "dtype", "B", "S", "ms",
                   "peak_mem_bytes", "status", ...}]}
 
-Usage (also ``benchmarks/bench_model.py``)::
+Usage (also ``python -m bigbird.benchmark`` and ``benchmarks/bench_model.py``, same options)::
 
-    python -m bigbird.benchmark                                  # base config, fp32, B=1, S=4096, CPU
-    python -m bigbird.benchmark --compare-dtype bf16             # + our model in bf16, its speed and error
-    python -m bigbird.benchmark --device cuda --dtype bf16 --batch 8
+    bigbird bench model                                          # base config, float32, B=1, S=4096, CPU
+    bigbird bench model --dtypes float32 bfloat16                # + our model in bf16, its speed and error
+    bigbird bench model --device cuda --dtypes bfloat16 --batch 8 --seq-lens 1024 4096
 
 The generated checkpoint is a ``BigBirdForMaskedLM`` (random init); the timed forward is its
 encoder (``model.bert``), the MLM head runs once afterwards, untimed. Every process saves its
 ``last_hidden_state`` and MLM top-1 predictions; the parent reports the max abs difference between
 ours and transformers (so the two timings are known to compute the same thing) and, for
-``--compare-dtype``, the relative L2 error of our ``last_hidden_state`` and the MLM top-1 agreement
-against our model in ``--dtype``. On CPU each worker also measures the machine's GEMM rate
+each further ``--dtypes`` entry, the relative L2 error of our ``last_hidden_state`` and the MLM top-1
+agreement against our model in the first. On CPU each worker also measures the machine's GEMM rate
 (``gemm_gflops``, fp32 and the run's dtype) before timing, and the process CPU time per forward.
 """
 
@@ -43,7 +43,8 @@ from pathlib import Path
 
 __all__ = ["main", "run_benchmark"]
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPES = ("float32", "float16", "bfloat16")
+BACKENDS = ("ours", "transformers", "transformers-patched")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,7 +64,7 @@ def _worker(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, _DTYPES[args.dtype])
+    dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     rec = {"backend": args.backend, "pass": "fwd", "dtype": args.dtype, "B": args.batch, "S": args.seq_len,
            "ms": None, "peak_mem_bytes": None, "status": "ok", "threads": torch.get_num_threads()}
@@ -102,7 +103,7 @@ def _worker(args) -> dict:
         else:
             from bigbird_kernels.bench import gemm_gflops
 
-            rec["gemm_gflops"] = {"fp32": gemm_gflops(torch.float32), args.dtype: gemm_gflops(dtype)}
+            rec["gemm_gflops"] = {"float32": gemm_gflops(torch.float32), args.dtype: gemm_gflops(dtype)}
         times, cpu_times = [], []
         with torch.inference_mode():
             for i in range(args.warmup + args.reps):
@@ -125,7 +126,7 @@ def _worker(args) -> dict:
         # CPU time of the process per forward (all threads): less sensitive than wall time to other
         # processes competing for the cores of a shared machine
         rec["cpu_ms"] = statistics.median(cpu_times)
-        rec["ms_min"] = min(times)
+        rec["ms_min"], rec["ms_max"], rec["reps"] = min(times), max(times), len(times)
         rec["load_avg_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         rec["rss_peak_bytes"] = _peak_rss_bytes()
         if device.type == "cuda":
@@ -150,7 +151,8 @@ def _make_weights(folder: Path, args) -> None:
         "import sys, torch, transformers\n"
         "transformers.logging.set_verbosity_error()\n"
         "torch.manual_seed(0)\n"
-        f"cfg = transformers.BigBirdConfig(num_hidden_layers={args.layers}, max_position_embeddings={max(4096, args.seq_len)})\n"
+        f"cfg = transformers.BigBirdConfig(num_hidden_layers={args.layers}, "
+        f"max_position_embeddings={max(4096, *args.seq_lens)})\n"
         "transformers.BigBirdForMaskedLM(cfg).save_pretrained(sys.argv[1])\n"
     )
     subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env=_child_env())
@@ -191,35 +193,23 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def default_output(device: str) -> Path:
-    if device.startswith("cuda"):
-        slug = _slug(_device_name(device))
-        return REPO_ROOT / "benchmarks" / "results" / slug / f"model_{slug}.json"
-    return REPO_ROOT / "benchmarks" / "results" / "cpu" / "model_cpu.json"
-
-
 def run_benchmark(args) -> dict:
+    """Every (sequence length, backend, dtype) configuration: ``{"meta": ..., "records": [...]}``. The
+    first of ``args.dtypes`` runs every backend; each further dtype runs our model, compared with the first."""
     import torch
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    base = args.dtypes[0]
+    configs = [(b, base) for b in dict.fromkeys(args.backends)]
+    configs += [("ours", d) for d in dict.fromkeys(args.dtypes[1:]) if d != base]
+    records = []
     with tempfile.TemporaryDirectory(prefix="bigbird_bench_") as tmp:
         tmp = Path(tmp)
         weights = Path(args.weights) if args.weights else tmp / "weights"
         if not args.weights:
             print(f"creating random base weights ({args.layers} layers) in {weights} ...", flush=True)
             _make_weights(weights, args)
-        configs = [(b, args.dtype) for b in backends]
-        if args.compare_dtype and args.compare_dtype != args.dtype:
-            configs.append(("ours", args.compare_dtype))
-        runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
-        outputs = {}
-        for rnd in range(args.rounds):  # rounds alternate the processes: all see the same machine drift
-            for backend, dtype in configs:
-                runs[backend, dtype].append(_run_worker(backend, dtype, weights, tmp, args, rnd))
-                out_file = tmp / f"out_{backend}_{dtype}.pt"
-                if out_file.exists() and (backend, dtype) not in outputs:
-                    outputs[backend, dtype] = torch.load(out_file, weights_only=True)
-        records = [_merge_rounds(runs[c]) for c in configs]
+        for seq_len in args.seq_lens:
+            records += _run_seq_len(args, seq_len, configs, weights, tmp)
         meta = {
             "device": _device_name(args.device),
             "device_type": args.device,
@@ -238,16 +228,36 @@ def run_benchmark(args) -> dict:
             "rounds": args.rounds,
             "peak_mem": "ru_maxrss of the process (CPU) / torch.cuda.max_memory_allocated (CUDA)",
         }
-        ours, hf = outputs.get(("ours", args.dtype)), outputs.get(("transformers", args.dtype))
-        if ours and hf:
-            meta["max_abs_diff_last_hidden_state"] = float((ours["hidden"] - hf["hidden"]).abs().max())
-            if "top1" in ours and "top1" in hf:
-                meta["mlm_top1_agreement_ours_vs_transformers"] = float((ours["top1"] == hf["top1"]).double().mean())
-        other = outputs.get(("ours", args.compare_dtype))
-        if ours and other and args.compare_dtype != args.dtype:
-            rec = next(r for r in records if r["backend"] == "ours" and r["dtype"] == args.compare_dtype)
-            rec["error_vs_ours_" + args.dtype] = _errors(other, ours)
     return {"meta": meta, "records": records}
+
+
+def _run_seq_len(args, seq_len: int, configs: list[tuple[str, str]], weights: Path, tmp: Path) -> list[dict]:
+    """The merged records of ``configs`` at one sequence length; the base-dtype ``ours`` record carries
+    its difference from transformers, each further dtype's its error against the base dtype."""
+    import torch
+
+    runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+    outputs = {}
+    for rnd in range(args.rounds):  # rounds alternate the processes: all see the same machine drift
+        for backend, dtype in configs:
+            runs[backend, dtype].append(_run_worker(backend, dtype, seq_len, weights, tmp, args, rnd))
+            out_file = tmp / f"out_{backend}_{dtype}.pt"
+            if out_file.exists() and (backend, dtype) not in outputs:
+                outputs[backend, dtype] = torch.load(out_file, weights_only=True)
+                out_file.unlink()
+    records = {c: _merge_rounds(runs[c]) for c in configs}
+    base = args.dtypes[0]
+    ours, hf = outputs.get(("ours", base)), outputs.get(("transformers", base))
+    if ours and hf:
+        records["ours", base]["max_abs_diff_vs_transformers"] = float((ours["hidden"] - hf["hidden"]).abs().max())
+        if "top1" in ours and "top1" in hf:
+            records["ours", base]["mlm_top1_agreement_vs_transformers"] = float(
+                (ours["top1"] == hf["top1"]).double().mean())
+    for (backend, dtype), rec in records.items():
+        other = outputs.get((backend, dtype))
+        if ours and other and backend == "ours" and dtype != base:
+            rec["error_vs_ours_" + base] = _errors(other, ours)
+    return list(records.values())
 
 
 def _errors(out: dict, ref: dict) -> dict:
@@ -259,24 +269,24 @@ def _errors(out: dict, ref: dict) -> dict:
     return err
 
 
-def _run_worker(backend: str, dtype: str, weights: Path, tmp: Path, args, rnd: int) -> dict:
+def _run_worker(backend: str, dtype: str, seq_len: int, weights: Path, tmp: Path, args, rnd: int) -> dict:
     out_file = tmp / f"out_{backend}_{dtype}.pt"
     cmd = [sys.executable, "-m", "bigbird.benchmark", "--worker", "--backend", backend,
            "--weights", str(weights), "--device", args.device, "--dtype", dtype,
-           "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--reps", str(args.reps),
+           "--batch", str(args.batch), "--seq-len", str(seq_len), "--reps", str(args.reps),
            "--warmup", str(args.warmup), "--threads", str(args.threads or 0),
            "--attention-backend", args.attention_backend, "--save-output", str(out_file)]
     if not args.weights:
         cmd.append("--mlm-head")
     tag = f" round {rnd + 1}/{args.rounds}" if args.rounds > 1 else ""
-    print(f"running {backend} ({args.device}, {dtype}, B={args.batch}, S={args.seq_len}){tag} ...", flush=True)
+    print(f"running {backend} ({args.device}, {dtype}, B={args.batch}, S={seq_len}){tag} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("BENCH_RECORD "):
             return json.loads(line[len("BENCH_RECORD "):])
     tail = (proc.stderr or proc.stdout)[-500:]
     killed = proc.returncode in (-9, 137)
-    return {"backend": backend, "pass": "fwd", "dtype": dtype, "B": args.batch, "S": args.seq_len,
+    return {"backend": backend, "pass": "fwd", "dtype": dtype, "B": args.batch, "S": seq_len,
             "ms": None, "peak_mem_bytes": None, "status": "oom" if killed else f"error: exit {proc.returncode}: {tail}"}
 
 
@@ -289,7 +299,7 @@ def _merge_rounds(recs: list[dict]) -> dict:
     times = [t for r in ok for t in r["ms_all"]]
     rec["ms_all"] = times
     rec["ms"] = statistics.median(times)
-    rec["ms_min"] = min(times)
+    rec["ms_min"], rec["ms_max"], rec["reps"] = min(times), max(times), len(times)
     cpu = [r["cpu_ms"] for r in ok if r.get("cpu_ms") is not None]
     if cpu:
         rec["cpu_ms"] = statistics.median(cpu)
@@ -312,79 +322,103 @@ def _version(mod: str) -> str | None:
 
 
 def format_table(result: dict) -> str:
-    rows = [("backend", "pass", "dtype", "B", "S", "median ms", "all ms", "cpu ms", "peak MB", "GEMM GFLOP/s", "status")]
+    """The records as an aligned table (median, min and max ms over ``reps`` timed forwards; the reason
+    beside a configuration that did not run), then the speed-ups and errors between them."""
+    rows = [("backend", "pass", "dtype", "B", "S", "reps", "min ms", "median ms", "max ms", "cpu ms", "peak MiB",
+             "GEMM GFLOP/s", "status", "reason")]
     for r in result["records"]:
         gemm = " ".join(f"{k} {v:.0f}" for k, v in (r.get("gemm_gflops") or {}).items()) or "-"
-        rows.append((r["backend"], r["pass"], r["dtype"], str(r["B"]), str(r["S"]),
-                     f"{r['ms']:.0f}" if r.get("ms") else "-",
-                     " ".join(f"{t:.0f}" for t in r.get("ms_all", [])) or "-",
-                     f"{r['cpu_ms']:.0f}" if r.get("cpu_ms") else "-",
-                     f"{r['peak_mem_bytes'] / 2**20:.0f}" if r.get("peak_mem_bytes") else "-", gemm, r["status"][:60]))
+        status, _, reason = r["status"].partition(": ")
+        rows.append((r["backend"], r["pass"], r["dtype"], str(r["B"]), str(r["S"]), str(r.get("reps", "-")),
+                     *(f"{r[k]:.0f}" if r.get(k) is not None else "-" for k in ("ms_min", "ms", "ms_max", "cpu_ms")),
+                     f"{r['peak_mem_bytes'] / 2**20:.0f}" if r.get("peak_mem_bytes") else "-", gemm, status,
+                     " ".join(reason.split())[:120] or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    dtype = result["records"][0]["dtype"] if result["records"] else None
-    by = {r["backend"]: r for r in result["records"] if r["dtype"] == dtype}
-    t = by.get("transformers")
-    for name in ("ours", "transformers-patched"):
-        o = by.get(name)
-        if o and t and o.get("ms") and t.get("ms"):
-            cpu = f" (CPU time {t['cpu_ms'] / o['cpu_ms']:.2f}x)" if o.get("cpu_ms") and t.get("cpu_ms") else ""
-            lines.append(f"speed-up {name} vs transformers: {t['ms'] / o['ms']:.2f}x{cpu}; peak memory saved: "
-                         f"{(t['peak_mem_bytes'] - o['peak_mem_bytes']) / 1e9:.2f} GB "
-                         f"({t['peak_mem_bytes'] / 2**20:.0f} -> {o['peak_mem_bytes'] / 2**20:.0f} MB)")
-    if "max_abs_diff_last_hidden_state" in result["meta"]:
-        lines.append(f"max |ours - transformers| on last_hidden_state: {result['meta']['max_abs_diff_last_hidden_state']:.3g}")
-    o = by.get("ours")
-    for r in result["records"]:
-        err = r.get(f"error_vs_ours_{dtype}")
-        if err is None or not (o and o.get("ms") and r.get("ms")):
-            continue
-        cpu = f" (CPU time {o['cpu_ms'] / r['cpu_ms']:.2f}x)" if o.get("cpu_ms") and r.get("cpu_ms") else ""
-        top1 = f", MLM top-1 agreement {err['mlm_top1_agreement']:.4f}" if "mlm_top1_agreement" in err else ""
-        lines.append(f"ours {r['dtype']} vs ours {dtype}: {o['ms'] / r['ms']:.2f}x faster{cpu}; last_hidden_state "
-                     f"relative L2 error {err['last_hidden_state_rel_l2']:.3g}{top1}")
+    base = result["records"][0]["dtype"] if result["records"] else None
+    for S in dict.fromkeys(r["S"] for r in result["records"]):
+        by = {r["backend"]: r for r in result["records"] if r["dtype"] == base and r["S"] == S}
+        t, o = by.get("transformers"), by.get("ours")
+        for name in ("ours", "transformers-patched"):
+            x = by.get(name)
+            if x and t and x.get("ms") and t.get("ms"):
+                cpu = f" (CPU time {t['cpu_ms'] / x['cpu_ms']:.2f}x)" if x.get("cpu_ms") and t.get("cpu_ms") else ""
+                lines.append(f"S={S}: speed-up {name} vs transformers: {t['ms'] / x['ms']:.2f}x{cpu}; peak memory "
+                             f"saved: {(t['peak_mem_bytes'] - x['peak_mem_bytes']) / 1e9:.2f} GB "
+                             f"({t['peak_mem_bytes'] / 2**20:.0f} -> {x['peak_mem_bytes'] / 2**20:.0f} MiB)")
+        if o and "max_abs_diff_vs_transformers" in o:
+            lines.append(f"S={S}: max |ours - transformers| on last_hidden_state: {o['max_abs_diff_vs_transformers']:.3g}")
+        for r in result["records"]:
+            err = r.get(f"error_vs_ours_{base}")
+            if r["S"] != S or err is None or not (o and o.get("ms") and r.get("ms")):
+                continue
+            cpu = f" (CPU time {o['cpu_ms'] / r['cpu_ms']:.2f}x)" if o.get("cpu_ms") and r.get("cpu_ms") else ""
+            top1 = f", MLM top-1 agreement {err['mlm_top1_agreement']:.4f}" if "mlm_top1_agreement" in err else ""
+            lines.append(f"S={S}: ours {r['dtype']} vs ours {base}: {o['ms'] / r['ms']:.2f}x faster{cpu}; "
+                         f"last_hidden_state relative L2 error {err['last_hidden_state_rel_l2']:.3g}{top1}")
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bigbird-bench-model", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
-    p.add_argument("--compare-dtype", default=None, choices=sorted(_DTYPES),
-                   help="also run our model in this dtype: its speed and error against --dtype")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=4096)
-    p.add_argument("--layers", type=int, default=12, help="encoder layers of the generated base model")
-    p.add_argument("--reps", type=int, default=3, help="timed forwards (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed forwards first")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the model benchmark, in the vocabulary of ``bigbird bench attention``
+    (``--backends``, ``--seq-lens``, ``--dtypes``, ``--out-dir``); the worker's options are hidden."""
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: %(default)s)")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=["ours", "transformers"], metavar="NAME",
+                   help=f"any of: {' '.join(BACKENDS)} (default: ours transformers)")
+    p.add_argument("--seq-lens", nargs="+", type=int, default=[4096], metavar="S", help="default: 4096")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"],
+                   help="the first runs every backend; each further one runs our model, with its speed and error "
+                        "against the first (default: float32)")
+    p.add_argument("--batch", type=int, default=1, help="default: %(default)s")
+    p.add_argument("--layers", type=int, default=12, help="encoder layers of the generated base model (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=3, help="timed forwards per process (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards first (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="run each configuration's process this many times, alternating (median over all)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--backends", default="ours,transformers", help="comma list of ours, transformers, transformers-patched")
-    p.add_argument("--attention-backend", default="auto", help="our kernel backend (bigbird_kernels)")
+                   help="run each configuration's process this many times, alternating (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: 0, torch's own)")
+    p.add_argument("--attention-backend", default="auto", help="our kernel backend (default: %(default)s)")
     p.add_argument("--weights", default=None, help="existing checkpoint folder (default: fresh random base weights)")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>/model_<device>.json)")
+    p.add_argument("--out-dir", type=Path, help="default: ./bench-results/<device> in the current directory")
+    p.add_argument("--name", default="model", help="file name stem of the JSON (default: %(default)s)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help=argparse.SUPPRESS)
+    p.add_argument("--seq-len", type=int, default=4096, help=argparse.SUPPRESS)
     p.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mlm-head", action="store_true", help=argparse.SUPPRESS)
-    return p
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def default_out_dir(device: str) -> Path:
+    """``./bench-results/<device slug>`` under the current directory (never inside the installed package)."""
+    return Path.cwd() / "bench-results" / ("cpu" if device == "cpu" else _slug(_device_name(device)))
+
+
+def run(args) -> int:
+    """Run the benchmark parsed into ``args`` (or, with ``--worker``, one configuration); print and save."""
     if args.worker:
-        rec = _worker(args)
-        print("BENCH_RECORD " + json.dumps(rec), flush=True)
+        print("BENCH_RECORD " + json.dumps(_worker(args)), flush=True)
         return 0
+    for name in ("batch", "layers", "reps", "rounds"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    bad = [s for s in args.seq_lens if s < 1]
+    if bad:
+        raise ValueError(f"--seq-lens must be positive, got {bad}")
     result = run_benchmark(args)
     print(format_table(result))
-    out = Path(args.out) if args.out else default_output(args.device)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = args.out_dir or default_out_dir(args.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bigbird.benchmark", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

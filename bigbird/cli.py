@@ -25,11 +25,9 @@ usage errors exit 2, Ctrl-C exits 130. The logic lives in :mod:`bigbird.inferenc
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
-from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -165,27 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time and peak memory of the attention backends (bigbird_kernels.bench): prints a table, writes "
                     "JSON and, with matplotlib, a PNG of time and memory vs sequence length per backend. On CPU every "
                     "configuration runs in its own process.")
-    att.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: %(default)s")
-    att.add_argument("--backends", nargs="+", metavar="NAME",
-                     help="default: reference sdpa transformers (CPU); every backend and peer (CUDA)")
-    att.add_argument("--seq-lens", nargs="+", type=int, metavar="S",
-                     help="default: 1024 2048 4096 (CPU); 1k..64k (CUDA)")
-    att.add_argument("--dtypes", nargs="+", choices=("float32", "float16", "bfloat16"),
-                     help="default: float32 (CPU), bfloat16 (CUDA)")
-    att.add_argument("--passes", nargs="+", choices=("fwd", "bwd", "fwd+bwd"), default=["fwd"], help="default: fwd")
-    att.add_argument("--batch", type=int, default=1, help="default: %(default)s")
-    att.add_argument("--heads", type=int, default=12, help="default: %(default)s")
-    att.add_argument("--head-dim", type=int, default=64, help="default: %(default)s")
-    att.add_argument("--block-size", type=int, default=64, help="default: %(default)s")
-    att.add_argument("--num-random-blocks", type=int, default=3, help="default: %(default)s")
-    att.add_argument("--reps", type=int, help="timed repetitions (default 5 on CPU, 30 on CUDA; 3 with --quick)")
-    att.add_argument("--quick", action="store_true", help="fewer repetitions")
-    att.add_argument("--out-dir", type=Path, help="default: benchmarks/results/<device slug>")
-    att.add_argument("--name", default="attention", help="file name stem of the JSON and PNG (default: %(default)s)")
-    att.add_argument("--no-save", action="store_true", help="print the table only")
+    from bigbird_kernels import bench as attention_bench
+
+    from . import benchmark as model_bench
+
+    attention_bench.add_arguments(att)
     att.set_defaults(func=_bench_attention)
-    bench_sub.add_parser("model", add_help=False, help="our model vs transformers (bigbird.benchmark; see "
-                         "`bigbird bench model --help`)")
+    model = bench_sub.add_parser("model", formatter_class=_Formatter, help="our model vs transformers, same weights",
+                                 description=model_bench.__doc__.split("\n\n")[0])
+    model_bench.add_arguments(model)
+    model.set_defaults(func=_bench_model)
 
     info = sub.add_parser("info", help="versions, device, built extensions, available backends",
                           description="Versions, device, built extensions and the available attention backends.",
@@ -284,8 +271,7 @@ def _bench_attention(args) -> int:
         num_random_blocks=args.num_random_blocks, reps=reps, progress=progress)
     print(bench.summary_table(result))
     if not args.no_save:
-        out_dir = args.out_dir or Path("benchmarks/results") / bench.device_slug(args.device)
-        written = bench.save_results(result, out_dir, args.name)
+        written = bench.save_results(result, args.out_dir or bench.default_out_dir(args.device), args.name)
         for path in written:
             print(f"wrote {path}")
         if not any(str(p).endswith(".png") for p in written):
@@ -293,20 +279,10 @@ def _bench_attention(args) -> int:
     return 0
 
 
-def _bench_model(argv: list[str]) -> int:
-    from .inference import InputError
+def _bench_model(args) -> int:
+    from . import benchmark
 
-    try:
-        benchmark = importlib.import_module(f"{__package__}.benchmark")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.benchmark":
-            raise
-        raise InputError("`bench model` needs bigbird.benchmark, which this installation does not have") from None
-    try:
-        code = benchmark.main(argv)
-    except SystemExit as e:  # its --help and usage errors
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    return int(code or 0)
+    return benchmark.run(args)
 
 
 def _info(args) -> int:
@@ -356,9 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     where = PROG
     try:
-        if argv[:2] == ["bench", "model"]:
-            where = f"{PROG} bench model"
-            return _bench_model(argv[2:])
         parser = build_parser()
         try:
             args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["run_attention_benchmark", "attention_flops", "collect_meta", "device_slug", "main"]
+__all__ = ["run_attention_benchmark", "attention_flops", "collect_meta", "device_slug", "default_out_dir", "main"]
 
 CPU_BACKENDS = ("reference", "sdpa", "transformers")
 GPU_BACKENDS = ("cuda", "triton", "flex", "sdpa_flash", "sdpa_cudnn", "sdpa", "transformers")
@@ -240,7 +240,7 @@ def measure(config: dict) -> dict:
             times = _time_cuda(fn, config["reps"], config["warmup"])
             rec["peak_mem_bytes"] = torch.cuda.max_memory_allocated() - base
         rec["ms"] = statistics.median(times)
-        rec["ms_min"] = min(times)
+        rec["ms_min"], rec["ms_max"], rec["reps"] = min(times), max(times), len(times)
         rec["tflops"] = attention_flops(layout, B, D, config["pass"]) / (rec["ms"] * 1e-3) / 1e12
         if rec.get("gemm_gflops"):
             rec["fraction_of_gemm_rate"] = rec["tflops"] * 1e3 / rec["gemm_gflops"]
@@ -252,7 +252,7 @@ def measure(config: dict) -> dict:
         from .dispatch import BackendNotSupportedError
 
         rec["status"] = "unsupported" if isinstance(e, (BackendNotSupportedError, ImportError, NotImplementedError)) else "error"
-        rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
     return rec
 
 
@@ -314,14 +314,27 @@ def _format_row(rec: dict) -> str:
             f"{tf:>9} TFLOP/s {mem:>7} MiB  {rec['status']}{cpu}")
 
 
-def summary_table(result: dict, baseline: str = "reference") -> str:
-    """A Markdown table: one row per (S, pass, dtype), ms and peak MiB per backend, speed-ups vs HF
-    (wall time, and CPU time where measured), and the GEMM calibration of the row's runs."""
+def _ms_cell(rec: dict | None) -> str:
+    """``median (min-max)`` of a record's timings, or its status and reason when it did not run."""
+    if rec is None:
+        return "-"
+    if rec.get("ms") is None:
+        return f"{rec['status']}: {rec['error']}" if rec.get("error") else rec["status"]
+    if rec.get("ms_min") is None or rec.get("ms_max") is None:
+        return f"{rec['ms']:.2f}"
+    return f"{rec['ms']:.2f} ({rec['ms_min']:.2f}-{rec['ms_max']:.2f})"
+
+
+def summary_table(result: dict) -> str:
+    """A Markdown table: one row per (S, pass, dtype) with the timed repetitions, per backend the median
+    ms with its (min-max) spread (or why it did not run: ``unsupported: ...``, ``oom``) and peak MiB,
+    speed-ups vs HF (wall time, and CPU time where measured), and the GEMM calibration of the row's runs."""
     recs = result["records"]
     backends = list(dict.fromkeys(r["backend"] for r in recs))
     keys = list(dict.fromkeys((r["S"], r["pass"], r["dtype"]) for r in recs))
     has_cpu = any(r.get("cpu_ms") for r in recs)
-    head = ["S", "pass", "dtype"] + [f"{b} ms" for b in backends] + [f"{b} MiB" for b in backends]
+    head = ["S", "pass", "dtype", "reps"] + [f"{b} ms median (min-max)" for b in backends]
+    head += [f"{b} MiB" for b in backends]
     if "transformers" in backends:
         head += [f"{b} speed-up vs transformers" for b in backends if b != "transformers"]
         if has_cpu:
@@ -331,10 +344,9 @@ def summary_table(result: dict, baseline: str = "reference") -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         row = {r["backend"]: r for r in recs if (r["S"], r["pass"], r["dtype"]) == key}
-        cells = [str(key[0]), key[1], key[2]]
-        for b in backends:
-            r = row.get(b)
-            cells.append(f"{r['ms']:.2f}" if r and r.get("ms") is not None else (r or {}).get("status", "-"))
+        reps = sorted({r["reps"] for r in row.values() if r.get("reps")})
+        cells = [str(key[0]), key[1], key[2], "/".join(map(str, reps)) or "-"]
+        cells += [_ms_cell(row.get(b)).replace("|", "/") for b in backends]
         for b in backends:
             r = row.get(b)
             cells.append(f"{r['peak_mem_bytes'] / 2**20:.0f}" if r and r.get("peak_mem_bytes") is not None else "-")
@@ -371,8 +383,20 @@ def save_results(result: dict, out_dir: Path, name: str) -> list[Path]:
     return written
 
 
+def _caption(result: dict) -> str:
+    """The configuration of a run's records on one line: shape, layout, device and repetitions."""
+    recs, meta = result["records"], result["meta"]
+
+    def values(key):
+        return "/".join(str(v) for v in dict.fromkeys(r[key] for r in recs if r.get(key) is not None)) or "-"
+
+    return (f"B={values('B')}, H={values('H')}, D={values('D')}, block={values('block_size')}, r={values('r')}, "
+            f"dtype={values('dtype')}, device={meta.get('device')}, reps={values('reps')}; "
+            "median ms, bars min-max")
+
+
 def plot_results(result: dict, path: Path) -> Path | None:
-    """Time and peak memory against sequence length per backend (log axes); None without matplotlib."""
+    """Draw :func:`results_figure` into the PNG ``path``; None without matplotlib or without a record that ran."""
     try:
         import matplotlib
 
@@ -380,54 +404,90 @@ def plot_results(result: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    recs = [r for r in result["records"] if r.get("ms") is not None]
-    groups = list(dict.fromkeys((r["pass"], r["dtype"]) for r in recs))
-    if not groups:
+    fig = results_figure(result)
+    if fig is None:
         return None
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4 * len(groups)), squeeze=False)
-    for row, (pass_, dtype) in enumerate(groups):
-        for backend in dict.fromkeys(r["backend"] for r in recs):
-            pts = sorted((r["S"], r["ms"], r["peak_mem_bytes"]) for r in recs
-                         if r["backend"] == backend and r["pass"] == pass_ and r["dtype"] == dtype)
-            if not pts:
-                continue
-            xs = [p[0] for p in pts]
-            axes[row][0].plot(xs, [p[1] for p in pts], marker="o", label=backend)
-            axes[row][1].plot(xs, [max(p[2] or 1, 1) / 2**20 for p in pts], marker="o", label=backend)
-        for col, label in enumerate(("time (ms)", "peak memory (MiB)")):
-            ax = axes[row][col]
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("sequence length")
-            ax.set_ylabel(label)
-            ax.set_title(f"{pass_}, {dtype}, {result['meta'].get('device')}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def results_figure(result: dict):
+    """A matplotlib figure: time (median, min-max error bars) and peak memory against sequence length
+    (ticks in plain numbers) per backend, one row of titled panels per (pass, dtype), the configuration
+    in a caption; None when no record ran."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    recs = [r for r in result["records"] if r.get("ms") is not None]
+    groups = list(dict.fromkeys((r["pass"], r["dtype"]) for r in recs))
+    if not groups:
+        return None
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4 * len(groups) + 0.6), squeeze=False)
+    for row, (pass_, dtype) in enumerate(groups):
+        for backend in dict.fromkeys(r["backend"] for r in recs):
+            pts = sorted((r["S"], r) for r in recs
+                         if r["backend"] == backend and r["pass"] == pass_ and r["dtype"] == dtype)
+            if not pts:
+                continue
+            xs, rs = [p[0] for p in pts], [p[1] for p in pts]
+            ms = [r["ms"] for r in rs]
+            spread = [[m - r.get("ms_min", m) for m, r in zip(ms, rs)], [r.get("ms_max", m) - m for m, r in zip(ms, rs)]]
+            axes[row][0].errorbar(xs, ms, yerr=spread, marker="o", capsize=3, label=backend)
+            axes[row][1].plot(xs, [max(r["peak_mem_bytes"] or 1, 1) / 2**20 for r in rs], marker="o", label=backend)
+        seq_lens = sorted({r["S"] for r in recs if r["pass"] == pass_ and r["dtype"] == dtype})
+        for col, (what, label) in enumerate((("time", "time (ms)"), ("peak memory", "peak memory (MiB)"))):
+            ax = axes[row][col]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(seq_lens))
+            ax.xaxis.set_minor_locator(NullLocator())
+            plain = FuncFormatter(lambda value, _: f"{value:g}")  # 1024, 2048, 4096: no 2^10 notation
+            ax.xaxis.set_major_formatter(plain)
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel(label)
+            ax.set_title(f"{what}: {pass_}, {dtype}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.text(0.5, 0.005, _caption(result), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.6 / (4 * len(groups) + 0.6), 1, 1))
+    return fig
+
+
+def default_out_dir(device: str) -> Path:
+    """``./bench-results/<device slug>`` under the current directory (never inside the installed package)."""
+    return Path.cwd() / "bench-results" / device_slug(device)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the attention benchmark, shared by ``bigbird bench attention`` and
+    ``python -m bigbird_kernels.bench`` (the vocabulary of ``bigbird bench model`` too)."""
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: %(default)s")
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   help=f"default: {' '.join(CPU_BACKENDS)} (CPU); {' '.join(GPU_BACKENDS)} (CUDA)")
+    p.add_argument("--seq-lens", nargs="+", type=int, metavar="S", help="default: 1024 2048 4096 (CPU); 1024 .. 65536 (CUDA)")
+    p.add_argument("--dtypes", nargs="+", choices=("float32", "float16", "bfloat16"),
+                   help="default: float32 (CPU), bfloat16 (CUDA)")
+    p.add_argument("--passes", nargs="+", choices=PASSES, default=["fwd"], help="default: fwd")
+    p.add_argument("--batch", type=int, default=1, help="default: %(default)s")
+    p.add_argument("--heads", type=int, default=12, help="default: %(default)s")
+    p.add_argument("--head-dim", type=int, default=64, help="default: %(default)s")
+    p.add_argument("--block-size", type=int, default=64, help="default: %(default)s")
+    p.add_argument("--num-random-blocks", type=int, default=3, help="default: %(default)s")
+    p.add_argument("--reps", type=int, help="timed repetitions (default: 5 on CPU, 30 on CUDA; 3 with --quick)")
+    p.add_argument("--threads", type=int, help="torch threads per CPU worker (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--out-dir", type=Path, help="default: ./bench-results/<device> in the current directory")
+    p.add_argument("--name", default="attention", help="file name stem of the JSON and PNG (default: %(default)s)")
+    p.add_argument("--no-save", action="store_true", help="print the table only")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bigbird_kernels.bench", description=__doc__.splitlines()[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backends", nargs="+")
-    p.add_argument("--seq-lens", nargs="+", type=int)
-    p.add_argument("--dtypes", nargs="+", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--passes", nargs="+", choices=PASSES, default=["fwd"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--num-random-blocks", type=int, default=3)
-    p.add_argument("--reps", type=int)
-    p.add_argument("--threads", type=int, help="torch threads per CPU worker (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (CPU: 3 timed runs)")
-    p.add_argument("--out-dir", type=Path, help="default benchmarks/results/<device slug>")
-    p.add_argument("--name", default="attention")
-    p.add_argument("--no-save", action="store_true")
+    add_arguments(p)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(json.loads(args.worker))), flush=True)
@@ -443,8 +503,7 @@ def main(argv=None) -> int:
     print()
     print(summary_table(result))
     if not args.no_save:
-        out_dir = args.out_dir or Path("benchmarks/results") / device_slug(args.device)
-        for path in save_results(result, out_dir, args.name):
+        for path in save_results(result, args.out_dir or default_out_dir(args.device), args.name):
             print(f"wrote {path}")
     return 0
 

@@ -11,6 +11,7 @@ from .dispatch import (
     SELF_CHECKED,
     AttentionInputs,
     BACKEND_NAMES,
+    get_backend,
     not_supported_reasons,
     self_check_enabled,
     self_check_failure,
@@ -22,6 +23,35 @@ def _version(mod: str) -> str:
         return __import__(mod).__version__
     except Exception as e:
         return f"not installed ({type(e).__name__})"
+
+
+def _describe(value) -> str:
+    """``float16, bfloat16`` for dtypes, ``64, 128`` for sizes; a rule (a string) as it is."""
+    if isinstance(value, str):
+        return value
+    return ", ".join(str(v).replace("torch.", "") for v in value)
+
+
+def capability_rows() -> list[tuple[str, str, str, str]]:
+    """``(backend, dtypes, head dims, block sizes)`` per backend, from each backend's ``capabilities``
+    record (the values its ``not_supported_reasons`` checks); a backend that cannot be imported here
+    says so in every column."""
+    rows = []
+    for name in BACKEND_NAMES:
+        backend = get_backend(name)
+        if backend is None:
+            rows.append((name, *["(not importable here)"] * 3))
+            continue
+        caps = backend.capabilities
+        rows.append((name, _describe(caps["dtypes"]), _describe(caps["head_dims"]), _describe(caps["block_sizes"])))
+    return rows
+
+
+def capability_table() -> str:
+    """:func:`capability_rows` as a Markdown table (the README's "### Backends" table is this one)."""
+    lines = ["| backend | dtypes | head dims | block sizes |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in capability_rows()]
+    return "\n".join(lines)
 
 
 def report() -> str:
@@ -59,6 +89,7 @@ def report() -> str:
         else:
             status = "available"
         lines.append(f"  {name:<10} {status if not reasons else 'unavailable: ' + '; '.join(reasons)}")
+    lines += ["what each backend takes (on a device it runs on):", capability_table()]
     return "\n".join(lines)
 
 

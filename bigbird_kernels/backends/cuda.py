@@ -245,6 +245,7 @@ def build_info() -> str:
 
 class CudaBackend:
     name = "cuda"
+    capabilities = {"dtypes": _DTYPES, "head_dims": _HEAD_DIMS, "block_sizes": _BLOCK_SIZES}  # for `bigbird info`
 
     def not_supported_reasons(self, inputs) -> list[str]:
         reasons = []

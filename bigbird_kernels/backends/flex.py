@@ -50,6 +50,8 @@ def _flex_fn(device: torch.device):
 
 class FlexBackend:
     name = "flex"
+    capabilities = {"dtypes": _DTYPES, "head_dims": "any on CPU; powers of 2 >= 16 on CUDA",
+                    "block_sizes": "any on CPU; powers of 2 >= 16 on CUDA"}  # for `bigbird info`
     supports_gqa = True  # k, v with fewer heads than q: FlexAttention's enable_gqa
 
     def not_supported_reasons(self, inputs) -> list[str]:

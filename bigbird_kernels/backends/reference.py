@@ -11,6 +11,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 class ReferenceBackend:
     name = "reference"
+    capabilities = {"dtypes": _DTYPES, "head_dims": "any", "block_sizes": "any"}  # for `bigbird info`
 
     def not_supported_reasons(self, inputs) -> list[str]:
         if inputs.dtype not in _DTYPES:

@@ -40,6 +40,7 @@ def zero_padding(attention_mask, *tensors):
 
 class SdpaBackend:
     name = "sdpa"
+    capabilities = {"dtypes": _DTYPES, "head_dims": "any", "block_sizes": "any"}  # for `bigbird info`
     supports_gqa = True  # k, v with fewer heads than q: SDPA's enable_gqa
 
     def not_supported_reasons(self, inputs) -> list[str]:

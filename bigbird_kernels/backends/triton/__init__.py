@@ -35,6 +35,8 @@ _TRITON_ERROR = _triton_error()
 
 class TritonBackend:
     name = "triton"
+    capabilities = {"dtypes": SUPPORTED_DTYPES, "head_dims": SUPPORTED_HEAD_DIMS,  # for `bigbird info`
+                    "block_sizes": SUPPORTED_BLOCK_SIZES}
 
     def not_supported_reasons(self, inputs) -> list[str]:
         reasons = []
