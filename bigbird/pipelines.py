@@ -39,7 +39,7 @@ import os
 
 import torch
 
-from .inference import window_spans
+from .inference import position_limit, window_spans
 
 __all__ = ["pipeline", "Pipeline", "SUPPORTED_TASKS", "TASK_ALIASES"]
 
@@ -120,14 +120,6 @@ def _device(device) -> torch.device:
                          "torch.device") from None
 
 
-def _position_limit(config) -> int:
-    """The longest row the model takes: ``max_position_embeddings``, rounded down to a block multiple for
-    block-sparse models (rows are padded to one). The same rule as ``bigbird.inference.Predictor``."""
-    if config.attention_type == "block_sparse":
-        return config.max_position_embeddings - config.max_position_embeddings % config.block_size
-    return config.max_position_embeddings
-
-
 class Pipeline:
     """A model, its tokenizer and the window settings; call it on a text or a list of texts."""
 
@@ -135,7 +127,7 @@ class Pipeline:
 
     def __init__(self, model, tokenizer, *, max_length: int | None = None, stride: int | None = None,
                  batch_size: int = 8):
-        limit = _position_limit(model.config)
+        limit = position_limit(model.config)
         if max_length is None:
             max_length = limit
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not 3 <= max_length <= limit:

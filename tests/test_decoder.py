@@ -5,22 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_model_utils import VOCAB, assert_close, hf_and_ours, tiny_kwargs
+from test_model_utils import VOCAB, assert_close, hf_and_ours, make_left_padded_batch, tiny_kwargs
 
 import bigbird
 
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-5
-
-
-def _left_padded(B, n, pads):
-    ids = torch.randint(3, VOCAB, (B, n))
-    mask = torch.ones(B, n, dtype=torch.long)
-    for row, p in enumerate(pads):
-        mask[row, :p] = 0
-        ids[row, :p] = 0
-    return ids, mask
 
 
 def _encoder_inputs(B, S, hidden, pads):
@@ -58,7 +49,7 @@ def test_cached_steps_equal_full_forward(cross, chunks):
     """Logits of a cached step-by-step run equal the uncached forward at every real position (left padding)."""
     model = _ours(cross)
     B, n = 3, sum(chunks)
-    ids, mask = _left_padded(B, n, (0, 2, 4))
+    ids, mask = make_left_padded_batch(B, n, (0, 2, 4))
     kw = {}
     if cross:
         enc, emask = _encoder_inputs(B, 5, 32, (0, 2, 1))
@@ -85,7 +76,7 @@ def test_cached_steps_equal_full_forward(cross, chunks):
 def test_transformers_cache_objects_are_accepted_and_updated(cross):
     """A transformers DynamicCache / EncoderDecoderCache gives the same logits as our tuples and is returned updated."""
     model = _ours(cross)
-    ids, mask = _left_padded(2, 6, (0, 3))
+    ids, mask = make_left_padded_batch(2, 6, (0, 3))
     kw = {}
     if cross:
         enc, emask = _encoder_inputs(2, 4, 32, (0, 1))
@@ -107,7 +98,7 @@ def test_transformers_cache_objects_are_accepted_and_updated(cross):
 def test_causal_lm_cache_parity_with_transformers(tmp_path):
     """transformers' BigBirdForCausalLM (original_full, is_decoder) with its DynamicCache vs ours, through a checkpoint."""
     hf, ours = hf_and_ours("BigBirdForCausalLM", tmp_path)
-    ids, mask = _left_padded(3, 9, (0, 1, 3))
+    ids, mask = make_left_padded_batch(3, 9, (0, 1, 3))
     with torch.no_grad():
         a1 = hf(ids[:, :6], attention_mask=mask[:, :6], use_cache=True, cache=transformers.DynamicCache())
         a2 = hf(ids[:, 6:], attention_mask=mask, use_cache=True, cache=a1.cache)
@@ -128,7 +119,7 @@ def test_cross_attention_parity_and_checkpoint_names(tmp_path):
     hf, ours = hf_and_ours("BigBirdForCausalLM", tmp_path, add_cross_attention=True)
     assert any(".crossattention.self.key." in k for k in ours.state_dict())
     bert = _bert_oracle(tmp_path / "hf_BigBirdForCausalLM")
-    ids, mask = _left_padded(3, 8, (0, 2, 5))
+    ids, mask = make_left_padded_batch(3, 8, (0, 2, 5))
     enc, emask = _encoder_inputs(3, 6, 32, (0, 3, 1))
     with torch.no_grad():
         ref = bert(ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=emask).logits
@@ -147,7 +138,7 @@ def test_cross_attention_parity_and_checkpoint_names(tmp_path):
 def test_self_only_decoder_matches_transformers_full_forward(tmp_path):
     """Without cross-attention, one uncached forward equals transformers' BigBirdForCausalLM (left padding)."""
     hf, ours = hf_and_ours("BigBirdForCausalLM", tmp_path)
-    ids, mask = _left_padded(2, 11, (0, 4))
+    ids, mask = make_left_padded_batch(2, 11, (0, 4))
     with torch.no_grad():
         a = hf(ids, attention_mask=mask).logits
         b = ours(ids, attention_mask=mask).logits
@@ -157,7 +148,7 @@ def test_self_only_decoder_matches_transformers_full_forward(tmp_path):
 
 def test_logits_to_keep():
     model = _ours(False)
-    ids, mask = _left_padded(2, 6, (0, 1))
+    ids, mask = make_left_padded_batch(2, 6, (0, 1))
     with torch.no_grad():
         full = model(ids, attention_mask=mask).logits
         last2 = model(ids, attention_mask=mask, logits_to_keep=2).logits

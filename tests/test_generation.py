@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_model_utils import VOCAB, hf_and_ours, tiny_kwargs
+from test_model_utils import VOCAB, hf_and_ours, make_left_padded_batch, tiny_kwargs
 
 import bigbird
 from bigbird.generation import next_tokens
 
 transformers = pytest.importorskip("transformers")
-
-
-def _left_padded(B, n, pads):
-    ids = torch.randint(3, VOCAB, (B, n))
-    mask = torch.ones(B, n, dtype=torch.long)
-    for row, p in enumerate(pads):
-        mask[row, :p] = 0
-        ids[row, :p] = 0
-    return ids, mask
 
 
 def _ours(**over):
@@ -32,7 +23,7 @@ def test_greedy_generation_matches_transformers(eos, tmp_path):
     """Same tokens as transformers' generate on the same random model, left-padded batch, per-row stopping."""
     hf, ours = hf_and_ours("BigBirdForCausalLM", tmp_path)
     n, k = 7, 12
-    ids, mask = _left_padded(3, n, (0, 2, 5))
+    ids, mask = make_left_padded_batch(3, n, (0, 2, 5))
     free = ours.generate(ids, attention_mask=mask, max_new_tokens=k, eos_token_id=None)
     # end-of-sequence ids that do occur: row 0's third new token (and row 1's fifth)
     eos_id = {None: None, "int": int(free[0, n + 2]), "list": [int(free[1, n + 4]), int(free[0, n + 2])]}[eos]
@@ -63,7 +54,7 @@ def test_greedy_generation_matches_transformers(eos, tmp_path):
 def test_greedy_generation_with_cross_attention_equals_uncached_argmax():
     """Each generated token is the argmax of the uncached forward over everything generated before it."""
     model = _ours(add_cross_attention=True)
-    ids, mask = _left_padded(2, 5, (0, 2))
+    ids, mask = make_left_padded_batch(2, 5, (0, 2))
     enc = torch.randn(2, 6, 32)
     emask = torch.ones(2, 6, dtype=torch.long)
     emask[1, 4:] = 0
@@ -81,7 +72,7 @@ def test_greedy_generation_with_cross_attention_equals_uncached_argmax():
 
 def test_sampling_is_reproducible_and_limits_hold():
     model = _ours()
-    ids, mask = _left_padded(2, 4, (0, 1))
+    ids, mask = make_left_padded_batch(2, 4, (0, 1))
     kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=True, eos_token_id=None)
     a = model.generate(ids, seed=123, temperature=1.5, **kw)
     b = model.generate(ids, seed=123, temperature=1.5, **kw)

@@ -94,6 +94,16 @@ def make_batch(B: int, n: int, *, pad=(), vocab: int = VOCAB, choices: int | Non
     return ids, mask
 
 
+def make_left_padded_batch(B: int, n: int, pads) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids in [3, VOCAB), left-padded: the first ``pads[i]`` tokens of row i are padding (id 0)."""
+    ids = torch.randint(3, VOCAB, (B, n))
+    mask = torch.ones(B, n, dtype=torch.long)
+    for row, p in enumerate(pads):
+        mask[row, :p] = 0
+        ids[row, :p] = 0
+    return ids, mask
+
+
 def set_block_sparse(hf):
     """Undo transformers' permanent switch to full attention (must be called before each sparse call)."""
     base = getattr(hf, "bert", hf)

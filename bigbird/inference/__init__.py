@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from .batching import Progress, plan_batches
 from .distributed import Distributed
-from .documents import Document, Window, read_documents, window_spans
+from .documents import Document, Window, position_limit, read_documents, window_spans
 from .environment import check_backend, load_tokenizer, resolve_device, resolve_dtype, resolve_model_dir
 from .errors import InputError
 from .output import JsonlOutput
@@ -61,6 +61,7 @@ __all__ = [
     "TASKS",
     "read_documents",
     "window_spans",
+    "position_limit",
     "plan_batches",
     "resolve_device",
     "resolve_dtype",

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from .errors import InputError
 
-__all__ = ["Document", "Window", "read_documents", "window_spans"]
+__all__ = ["Document", "Window", "read_documents", "window_spans", "position_limit"]
 
 
 @dataclass
@@ -182,6 +182,14 @@ def read_documents(
 # ------------------------------------------------------------------------------------------------
 # windows
 # ------------------------------------------------------------------------------------------------
+
+
+def position_limit(config) -> int:
+    """The longest row (special tokens included) a model of ``config`` takes: ``max_position_embeddings``,
+    rounded down to a block multiple for block-sparse models (rows are padded to one)."""
+    if config.attention_type == "block_sparse":
+        return config.max_position_embeddings - config.max_position_embeddings % config.block_size
+    return config.max_position_embeddings
 
 
 def window_spans(n: int, size: int, stride: int) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ import re
 from typing import Any, Callable, Sequence
 
 from .batching import Progress, plan_batches
-from .documents import Document, Window, _display, window_spans
+from .documents import Document, Window, _display, position_limit, window_spans
 from .environment import check_backend, load_tokenizer, resolve_device, resolve_dtype, resolve_model_dir
 from .errors import InputError
 
@@ -134,14 +134,8 @@ class Predictor:
                    batch_size=batch_size, progress=progress)
 
     def position_limit(self) -> int:
-        """The longest row (special tokens included) the model can take: ``max_position_embeddings``,
-        rounded down to a block multiple for block-sparse models (rows are padded to one)."""
-        c = self.config
-        if c is None:
-            return 1 << 62
-        if c.attention_type == "block_sparse":
-            return c.max_position_embeddings - c.max_position_embeddings % c.block_size
-        return c.max_position_embeddings
+        """The longest row (special tokens included) the model can take (:func:`position_limit`)."""
+        return 1 << 62 if self.config is None else position_limit(self.config)
 
     def _bucket(self, length: int):
         """Batch key: rows running block-sparse attention only batch with rows of as many blocks."""
