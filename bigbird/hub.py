@@ -36,8 +36,11 @@ WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGH
 
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+def offline_mode() -> bool:
+    """Whether the environment forbids hub downloads (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set
+    to 1 / on / yes / true)."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _default_cache_dir() -> Path:
@@ -108,7 +111,7 @@ def _hub_fetcher(repo_id: str, *, local_files_only, revision, cache_dir):
     from huggingface_hub import hf_hub_download
 
     if local_files_only is None:
-        local_files_only = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+        local_files_only = offline_mode()
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     where = f"hub repo {repo_id!r} (revision {revision or 'main'}, cache {cache_dir}" + (
         ", offline)" if local_files_only else ")")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import InputError
@@ -72,11 +71,6 @@ def check_backend(name: str, device, dtype, head_dim: int = 64, block_size: int 
     return name
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def resolve_model_dir(name: str, *, need_weights: bool = True, revision: str | None = None) -> tuple[Path, Path]:
     """The local folders ``(checkpoint, tokenizer)`` of ``--model``: an existing directory holding a
     checkpoint and its tokenizer (the same folder twice), or a hub id whose files are fetched into --
@@ -107,9 +101,9 @@ def resolve_model_dir(name: str, *, need_weights: bool = True, revision: str | N
 
 def _fetch_from_hub(name: str, *, need_weights: bool, revision: str | None) -> tuple[Path, Path]:
     """Tokenizer files (and config + weights) of hub model ``name``; returns their snapshot folders."""
-    from ..hub import resolve_checkpoint_dir, resolve_hub_files
+    from ..hub import offline_mode, resolve_checkpoint_dir, resolve_hub_files
 
-    offline = _offline()
+    offline = offline_mode()
 
     def fail(e: Exception) -> InputError:
         if offline:
